@@ -1,0 +1,173 @@
+"""CoupAlign's training objective (paper section 3.4, Eq. 13-17), plus the optional presence term.
+
+    L = 1/B · Σ_j (L_seg_j + λ · L_aux_j)  [+ w_presence · BCE(presence_logit, target non-empty)]
+
+* ``L_seg`` (Eq. 13): binary cross entropy on the mask logits, averaged over the pixels of each
+  image and then over the batch (Eq. 17). The model already returns its logits at the input
+  resolution (M upsampled bilinearly); a target of another size gets the logits upsampled
+  bilinearly to it, which is the paper's M -> M'.
+* ``L_aux`` (Eq. 14-16): a pixel-contrastive InfoNCE on Y1, the SegHead's (S/4, S/4) pixel
+  embeddings. Choices where the paper is silent or loose, and why:
+
+  - **The log.** Eq. 14/15 as printed average the InfoNCE *ratios* without a log. That is not
+    InfoNCE (the paper cites [39], van den Oord et al., whose loss is -log of the ratio) and its
+    gradient vanishes exactly where a pixel is most wrong. We use ``-log(ratio)``.
+  - **L2-normalised embeddings and prototypes.** The dot products are divided by τ = 0.07; on raw
+    256-d features they would be in the hundreds, the softmax would saturate and the loss could be
+    lowered by inflating feature norms instead of separating the sets. On the unit sphere every
+    score is a cosine/τ ∈ [-1/τ, 1/τ], as in the contrastive works that use τ = 0.07. The prototype
+    ŷ± is the mean of *all* positive/negative pixels of the image, re-normalised to unit length so
+    that it is compared by cosine like everything else.
+  - **Bounded memory by sampling.** A 448² input gives 112² = 12,544 pixels per image; the full
+    P×N score matrix would hold up to ~39 M entries per image (plus autograd buffers). Each set is
+    therefore subsampled (uniformly, without replacement) to at most ``aux_max_pixels`` pixels per
+    image (default 1024): the sampled positives are both the anchors of Eq. 14 and the "other set"
+    of Eq. 15, and vice versa, so the largest matrix is 1024×1024 (4 MB in float32) per direction
+    and image, whatever the resolution. The anchor average is then an unbiased estimate of the mean
+    over the set. The sum over the other set is rescaled by |set| / |sample| (a log-weight added to
+    the sampled scores), so that Σ_k exp(·) estimates the full sum of Eq. 14/15 without bias.
+    When a set has no more than ``aux_max_pixels`` pixels the loss is exactly Eq. 14-16.
+  - **Stability.** ``-log(e^a / (e^a + Σ e^b)) = logsumexp([a, b...]) - a``, evaluated with
+    ``torch.logsumexp`` in float32 even under autocast.
+  - **Degenerate masks.** An image whose resized mask is all background or all foreground has no
+    positive/negative pair to contrast; its aux loss is 0 (finite, no gradient) rather than NaN.
+  - The ground truth is resized to Y1's size with nearest neighbour ("nearest-exact", which picks
+    the pixel at the centre of each 4×4 cell, the one the embedding is centred on).
+
+* Presence (not in the paper; see ``CoupAlignConfig.presence_head``): binary cross entropy of
+  ``presence_logits`` against "the target mask is non-empty", weighted by ``presence_loss_weight``,
+  added only when the model has a presence head.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CoupAlignLoss(nn.Module):
+    """Eq. 17 (+ presence term). ``forward(output, target)`` returns scalar tensors
+    ``{"loss", "seg", "aux", "presence"}``: ``loss`` is the weighted total to back-propagate;
+    ``seg``, ``aux`` and ``presence`` are the unweighted batch means, for logging (``aux`` is still
+    measured, without gradient, when λ = 0 so that "w/o aux loss" runs can be compared).
+    """
+
+    def __init__(self, config) -> None:
+        """``config``: a ``CoupAlignConfig`` (reads aux_loss_weight λ, aux_temperature τ,
+        aux_max_pixels and presence_loss_weight)."""
+        super().__init__()
+        if config.aux_temperature <= 0:
+            raise ValueError(f"aux_temperature must be > 0, got {config.aux_temperature}")
+        if config.aux_max_pixels < 1:
+            raise ValueError(f"aux_max_pixels must be >= 1, got {config.aux_max_pixels}")
+        if config.aux_loss_weight < 0 or config.presence_loss_weight < 0:
+            raise ValueError(
+                f"loss weights must be >= 0, got aux_loss_weight={config.aux_loss_weight}, "
+                f"presence_loss_weight={config.presence_loss_weight}"
+            )
+        self.aux_loss_weight = float(config.aux_loss_weight)
+        self.aux_temperature = float(config.aux_temperature)
+        self.aux_max_pixels = int(config.aux_max_pixels)
+        self.presence_loss_weight = float(config.presence_loss_weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"λ={self.aux_loss_weight}, τ={self.aux_temperature}, "
+            f"aux_max_pixels={self.aux_max_pixels}, presence_weight={self.presence_loss_weight}"
+        )
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self, output: Any, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = output.logits  # (B, 1, S, S)
+        if logits.dim() != 4 or logits.shape[1] != 1:
+            raise ValueError(f"output.logits must be (B, 1, H, W), got {tuple(logits.shape)}")
+        if target.dim() != 3 or target.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"target must be (B, H, W) with B = {logits.shape[0]} (from logits "
+                f"{tuple(logits.shape)}), got {tuple(target.shape)}"
+            )
+        target = target.to(device=logits.device, dtype=torch.float32)  # (B, H, W) in {0, 1}
+
+        seg = self.segmentation_loss(logits, target)  # (B,)
+        if self.aux_loss_weight > 0:
+            aux = self.auxiliary_loss(output.pixel_embeddings, target)  # (B,)
+        else:
+            with torch.no_grad():
+                aux = self.auxiliary_loss(output.pixel_embeddings, target)
+        total = (seg + self.aux_loss_weight * aux).mean()  # Eq. 17
+
+        presence_logits = getattr(output, "presence_logits", None)
+        if presence_logits is not None:
+            presence = self.presence_loss(presence_logits, target)
+            total = total + self.presence_loss_weight * presence
+        else:
+            presence = total.new_zeros(())
+        return {"loss": total, "seg": seg.mean().detach(), "aux": aux.mean().detach(),
+                "presence": presence.detach()}
+
+    # ---- terms ----------------------------------------------------------------------------------
+    @staticmethod
+    def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Eq. 13 per image: mean BCE over pixels. logits (B,1,h,w), target (B,H,W) -> (B,)."""
+        logits = logits.float()
+        if logits.shape[-2:] != target.shape[-2:]:
+            # M -> M': bilinear upsampling of the prediction to the ground truth's size.
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        bce = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")  # (B, H, W)
+        return bce.flatten(1).mean(1)
+
+    def auxiliary_loss(self, pixel_embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Eq. 14-16 per image. pixel_embeddings (B,C,h,w) = Y1, target (B,H,W) -> (B,)."""
+        if pixel_embeddings.dim() != 4 or pixel_embeddings.shape[0] != target.shape[0]:
+            raise ValueError(
+                f"pixel_embeddings must be (B, C, h, w) with B = {target.shape[0]}, got "
+                f"{tuple(pixel_embeddings.shape)}"
+            )
+        h, w = pixel_embeddings.shape[-2:]
+        small = F.interpolate(target[:, None], size=(h, w), mode="nearest-exact")[:, 0] > 0.5  # (B, h, w)
+        emb = F.normalize(pixel_embeddings.float().flatten(2).transpose(1, 2), dim=-1)  # (B, hw, C)
+        losses = [self._image_aux(emb[b], small[b].flatten()) for b in range(emb.shape[0])]
+        return torch.stack(losses)
+
+    def _image_aux(self, emb: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+        """One image: emb (hw, C) unit vectors, fg (hw,) bool -> L_P2N + L_N2P (Eq. 16)."""
+        pos, neg = emb[fg], emb[~fg]  # (P, C), (N, C)
+        if pos.shape[0] == 0 or neg.shape[0] == 0:
+            return emb.new_zeros(())  # nothing to contrast: all background or all foreground
+        proto_pos = F.normalize(pos.mean(0), dim=0)  # ŷ+ (C,), from all positives
+        proto_neg = F.normalize(neg.mean(0), dim=0)  # ŷ- (C,), from all negatives
+        pos_s, log_w_pos = self._sample(pos)  # (≤K, C), log(|P| / k)
+        neg_s, log_w_neg = self._sample(neg)
+        p2n = self._info_nce(pos_s, proto_pos, neg_s, log_w_neg)  # Eq. 14
+        n2p = self._info_nce(neg_s, proto_neg, pos_s, log_w_pos)  # Eq. 15
+        return p2n + n2p  # Eq. 16
+
+    def _sample(self, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """At most ``aux_max_pixels`` rows, uniformly without replacement, and log(n / kept)."""
+        n = vectors.shape[0]
+        if n <= self.aux_max_pixels:
+            return vectors, 0.0
+        keep = torch.randperm(n, device=vectors.device)[: self.aux_max_pixels]
+        return vectors[keep], math.log(n / self.aux_max_pixels)
+
+    def _info_nce(
+        self, anchors: torch.Tensor, prototype: torch.Tensor, others: torch.Tensor, log_weight: float
+    ) -> torch.Tensor:
+        """mean_i -log(e^{a_i·ŷ/τ} / (e^{a_i·ŷ/τ} + w·Σ_k e^{a_i·o_k/τ})), via log-sum-exp."""
+        positive = (anchors @ prototype)[:, None] / self.aux_temperature  # (A, 1)
+        negatives = anchors @ others.T / self.aux_temperature + log_weight  # (A, K)
+        scores = torch.cat([positive, negatives], dim=1)  # (A, 1 + K)
+        return (torch.logsumexp(scores, dim=1) - positive[:, 0]).mean()
+
+    def presence_loss(self, presence_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """BCE of presence_logits (B,) against "target mask is non-empty" -> scalar."""
+        if presence_logits.shape != target.shape[:1]:
+            raise ValueError(
+                f"presence_logits must be (B,) = ({target.shape[0]},), got {tuple(presence_logits.shape)}"
+            )
+        present = (target.flatten(1) > 0.5).any(1).float()  # (B,)
+        return F.binary_cross_entropy_with_logits(presence_logits.float(), present)
