@@ -1,0 +1,58 @@
+"""Swin image encoder f_v (section 3.2), run stage by stage so WPA can sit between stages.
+
+timm's Swin takes and returns NHWC in ``patch_embed`` and every ``layers[i]``; the PatchMerging
+downsample sits at the start of stages 2-4, so ``stage(i, x)`` maps the output of stage i-1 to the
+output of stage i. Running the stages one by one equals timm's ``forward_intermediates`` exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .configuration import CoupAlignConfig
+
+log = logging.getLogger(__name__)
+
+
+class SwinImageEncoder(nn.Module):
+    def __init__(self, config: CoupAlignConfig):
+        super().__init__()
+        kwargs = dict(
+            img_size=config.image_size,
+            window_size=config.window_size,
+            num_classes=0,
+            **config.image_encoder_kwargs,
+        )
+        source = config.image_pretrained
+        if source is None:
+            swin = timm.create_model(config.image_encoder, pretrained=False, **kwargs)
+        elif Path(source).is_file():
+            # timm's checkpoint filter resizes relative-position tables to this window/size.
+            swin = timm.create_model(
+                config.image_encoder, pretrained=True, pretrained_cfg_overlay=dict(file=str(source)), **kwargs
+            )
+        elif source == "timm":
+            swin = timm.create_model(config.image_encoder, pretrained=True, **kwargs)  # needs internet
+        else:
+            raise FileNotFoundError(
+                f"image_pretrained={source!r} is neither an existing weights file nor 'timm' "
+                f"(download {config.image_encoder}'s weights where you have internet)"
+            )
+        if not hasattr(swin, "layers") or len(swin.layers) != 4:
+            raise ValueError(f"{config.image_encoder} is not a 4-stage timm Swin Transformer")
+        # Keep only what CoupAlign uses: the final norm and the classifier would get no gradient.
+        self.patch_embed = swin.patch_embed
+        self.stages = swin.layers
+        self.channels: list[int] = [int(info["num_chs"]) for info in swin.feature_info]  # C_1..C_4
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(images)  # (B, H/4, W/4, C_1)
+
+    def stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """SwinStage_{index+1}: NHWC in, NHWC out at the stage's resolution."""
+        return self.stages[index](x)  # (B, H_i, W_i, C_i)
