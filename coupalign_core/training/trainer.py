@@ -1,0 +1,611 @@
+"""The training loop: one process or DDP under torchrun, AMP, accumulation, exact resume.
+
+``Trainer(config, output_dir).fit()`` runs the whole schedule. Guarantees:
+
+* **Same schedule after a resume.** The learning rate is a function of the optimizer step; the data
+  order is a function of (seed, epoch) (``ResumableDistributedSampler``, ``ReferDataset.set_epoch``),
+  and a resumed run skips the batches its epoch had already consumed; model, optimizer, scheduler,
+  scaler and every rank's RNG states come back from the checkpoint. A resumed run therefore takes
+  the same steps as an uninterrupted one (bit-for-bit on the CPU; see tests/test_training.py).
+* **At most one checkpoint interval lost.** ``last.pt`` is written atomically every
+  ``checkpoint_every``; SIGTERM/SIGINT finish the current step, write ``last.pt`` and exit
+  (a second signal interrupts at once).
+* **Only rank 0 writes files.** Metrics are reduced across ranks first.
+
+Files in ``output_dir``: ``last.pt``, ``best.pt`` (by validation oIoU), ``config.yaml`` (the
+resolved config), ``metrics.jsonl`` (one row per log/eval), ``curves.png``, ``overlays/step_N.png``
+and ``tb/`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..data import collate
+from .config import TrainingConfig
+from .distributed import (
+    DistContext,
+    ResumableDistributedSampler,
+    all_gather_object,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
+from .schedule import PolyLR, build_optimizer, steps_for
+
+log = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss", "seg", "aux", "presence")
+
+
+# ---- RNG ------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Whatever runs inside (evaluation, drawing) leaves the training RNG streams untouched, so
+    adding or moving an evaluation does not change the training trajectory."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+# ---- the trainer ------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    best_oiou: Optional[float]
+    last_metrics: dict[str, float]
+    stopped_by: str  # "budget", "signal:SIGTERM", "request"
+    output_dir: Path
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped_by.startswith("signal:"):
+            return 128 + int(getattr(signal, self.stopped_by.split(":", 1)[1]))
+        return 0
+
+
+StepCallback = Callable[["Trainer", dict[str, float]], None]
+
+
+class Trainer:
+    """Builds model, data, optimizer and schedule from a :class:`TrainingConfig` and trains.
+
+    ``resume``: a checkpoint path, ``"auto"`` (``output_dir/last.pt`` if it exists, else a fresh
+    start) or None. ``step_callbacks`` run on every rank after each optimizer step with the step's
+    local losses (tests use them to interrupt a run; :meth:`request_stop` ends it cleanly).
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        output_dir: str | os.PathLike | None = None,
+        resume: Optional[str | os.PathLike] = None,
+        dist_ctx: Optional[DistContext] = None,
+        step_callbacks: Sequence[StepCallback] = (),
+        handle_signals: bool = True,
+    ):
+        self.started = time.monotonic()
+        self.config = config  # replaced below by the resolved copy
+        cfg = config.train
+        self.ctx = dist_ctx or init_distributed(cfg.device)
+        self.output_dir = Path(output_dir or cfg.output_dir or "runs/train")
+        self.step_callbacks = list(step_callbacks)
+        self.handle_signals = handle_signals
+        self._stop_reason: Optional[str] = None
+        self._signals_seen = 0
+
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.device = self.ctx.device
+        self.amp_dtype = self._amp_dtype(cfg.amp)
+
+        # Same initial weights on every rank (DDP broadcasts rank 0's anyway), then per-rank streams.
+        seed_everything(cfg.seed)
+        from ..losses import CoupAlignLoss
+        from ..model import CoupAlign, CoupAlignConfig, build_tokenizer
+
+        resume_path = self._resolve_resume(resume)
+        self._resume_state = read_checkpoint(resume_path) if resume_path is not None else None
+        if self._resume_state is not None:
+            # The architecture is the checkpoint's (its text_config is filled in even when the run
+            # started from a pretrained BERT), and every weight comes from it: no pretrained files.
+            model_config = CoupAlignConfig.from_dict(self._resume_state["config"]).replace(
+                image_pretrained=None, text_pretrained=False)
+        else:
+            model_config = dataclasses.replace(config.model)  # the model fills in text_config
+        self.model: nn.Module = CoupAlign(model_config).to(self.device)
+        # The config this run stores: the user's, with the architecture the model actually has.
+        self.config = TrainingConfig(
+            model=config.model.replace(text_config=dict(self.model.config.text_config)),
+            data=config.data, train=config.train,
+        )
+        self.tokenizer = build_tokenizer(self.model.config)
+        self.loss_fn = CoupAlignLoss(self.model.config)
+        seed_everything(cfg.seed + 1000 * self.ctx.rank)
+
+        self._build_data()
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+        self.scheduler = PolyLR(self.optimizer, cfg.end_lr, self.decay_steps, cfg.poly_power, cfg.warmup_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.ddp_model: nn.Module = self.model
+        if self.ctx.is_distributed:
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters,
+            )
+
+        self.step = 0  # optimizer steps done
+        self.epoch = 0  # current epoch
+        self.step_in_epoch = 0  # optimizer steps done in the current epoch
+        self.best_oiou: Optional[float] = None
+        self.elapsed_before = 0.0  # training seconds of earlier (interrupted) runs
+        self.history: list[dict[str, Any]] = []
+        self.last_val: dict[str, float] = {}
+        self._writer = None
+        if self._resume_state is not None:
+            self._load(self._resume_state, resume_path)
+            self._resume_state = None
+
+    # ---- set-up -----------------------------------------------------------------------------------
+    def _amp_dtype(self, amp: str) -> Optional[torch.dtype]:
+        if amp == "none":
+            return None
+        if self.device.type != "cuda":
+            log.warning("train.amp=%s needs a GPU; training in float32 on %s", amp, self.device)
+            return None
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+
+    def _resolve_resume(self, resume: Optional[str | os.PathLike]) -> Optional[Path]:
+        if resume is None:
+            return None
+        if str(resume) == "auto":
+            path = self.output_dir / "last.pt"
+            if not path.is_file():
+                if self.ctx.is_main:
+                    log.info("--resume: no %s yet, starting fresh", path)
+                return None
+            return path
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+        return path
+
+    def _build_data(self) -> None:
+        from ..data import ReferDataset
+        from ..data.transforms import ReferTransform
+
+        cfg, data = self.config.train, self.config.data
+        if data.synthesize is not None:
+            self._synthesize_if_missing()
+        transform = ReferTransform(self.model.config.image_size, self.tokenizer, self.model.config.max_tokens)
+        # Validation items stay raw: the evaluation engine applies the same transform itself.
+        common = dict(image_root=data.image_root, skip_missing_images=data.skip_missing_images, seed=cfg.seed)
+        self.train_set = ReferDataset(data.data_root, data.dataset, data.split_by, data.train_split,
+                                      transform=transform, sentences="random", **common)
+        self.val_set = None
+        if data.val_split:
+            self.val_set = ReferDataset(data.data_root, data.dataset, data.split_by, data.val_split,
+                                        transform=None, sentences=data.val_sentences, **common)
+            if data.val_max_samples is not None and len(self.val_set) > data.val_max_samples:
+                self.val_set = torch.utils.data.Subset(self.val_set, range(data.val_max_samples))
+        self.batch_size = cfg.per_process_batch(self.ctx.world_size)
+        self.global_batch = self.batch_size * self.ctx.world_size * cfg.grad_accum
+        self.sampler = ResumableDistributedSampler(
+            self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank, seed=cfg.seed,
+            shuffle=True, drop_last=True,
+        )
+        self.steps_per_epoch = self.sampler.num_samples // (self.batch_size * cfg.grad_accum)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training split has {len(self.train_set)} items, fewer than one global batch of "
+                f"{self.global_batch}: lower train.batch_size or use more data"
+            )
+        budgets = []
+        if cfg.max_steps is not None:
+            budgets.append(cfg.max_steps)
+        if cfg.epochs is not None:
+            budgets.append(cfg.epochs * self.steps_per_epoch)
+        self.total_steps: Optional[int] = min(budgets) if budgets else None
+        if cfg.decay_steps is not None:
+            self.decay_steps = cfg.decay_steps
+        elif cfg.decay_epochs is not None:
+            self.decay_steps = steps_for(cfg.decay_epochs, self.steps_per_epoch)
+        elif self.total_steps is not None:
+            self.decay_steps = self.total_steps
+        else:
+            raise ValueError("with only train.max_minutes as budget, give decay_steps or decay_epochs")
+
+    def _synthesize_if_missing(self) -> None:
+        data = self.config.data
+        refs = Path(data.data_root) / data.dataset / f"refs({data.split_by}).p"
+        if self.ctx.is_main and not refs.is_file():
+            from ..data.synthetic import generate
+
+            log.info("data.synthesize: %s is absent; generating %s", refs, data.synthesize)
+            generate(data.data_root, **data.synthesize)
+        barrier(self.ctx)
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return dict(
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            epoch=self.epoch,
+            step=self.step,
+            step_in_epoch=self.step_in_epoch,
+            best_oiou=self.best_oiou,
+            val_metrics=self.last_val,
+            elapsed_s=self.elapsed(),
+            world_size=self.ctx.world_size,
+            global_batch_size=self.global_batch,
+            train_config=self.config.to_dict(),
+        )
+
+    def save(self, name: str = "last.pt", rng: Optional[list[dict[str, Any]]] = None) -> Optional[Path]:
+        """Write ``output_dir/name`` on rank 0 (every rank must call: the RNG states are gathered)."""
+        rng = rng if rng is not None else all_gather_object(rng_state(), self.ctx)
+        if not self.ctx.is_main:
+            return None
+        path = save_checkpoint(self.output_dir / name, self.model, self.tokenizer, rng=rng, **self._state())
+        log.info("saved %s (step %d)", path, self.step)
+        return path
+
+    def _load(self, state: dict[str, Any], path: Path) -> None:
+        if "optimizer" not in state or "step" not in state:
+            raise ValueError(f"{path} holds no training state (optimizer, step): it cannot be resumed")
+        if state.get("global_batch_size") not in (None, self.global_batch):
+            raise ValueError(
+                f"{path} was trained with global batch {state['global_batch_size']}, this run has "
+                f"{self.global_batch}: the same schedule needs the same global batch (change "
+                "batch_size/grad_accum to match)"
+            )
+        ckpt_cfg = state.get("train_config", {})
+        diff = _diff(ckpt_cfg, self.config.to_dict())
+        if diff and self.ctx.is_main:
+            log.warning("config differs from the checkpoint's in %s", ", ".join(diff))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.best_oiou = state.get("best_oiou")
+        self.last_val = state.get("val_metrics") or {}
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        rng = state.get("rng") or []
+        if len(rng) == self.ctx.world_size:
+            set_rng_state(rng[self.ctx.rank])
+        else:
+            log.warning("checkpoint has RNG states of %d ranks, this run has %d: reseeding",
+                        len(rng), self.ctx.world_size)
+            seed_everything(self.config.train.seed + 1000 * self.ctx.rank + self.step)
+        if self.ctx.is_main:
+            log.info("resumed from %s at epoch %d, step %d (%d in epoch), lr %.3g",
+                     path, self.epoch, self.step, self.step_in_epoch, self.lr)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def request_stop(self, reason: str = "request") -> None:
+        """End the run after the current step (a checkpoint is written)."""
+        self._stop_reason = self._stop_reason or reason
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        log.warning("%s: finishing this step, writing a checkpoint and stopping "
+                    "(send it again to stop at once)", signal.Signals(signum).name)
+        self.request_stop(f"signal:{signal.Signals(signum).name}")
+
+    def _budget_reached(self) -> bool:
+        cfg = self.config.train
+        if self.total_steps is not None and self.step >= self.total_steps:
+            return True
+        return cfg.max_minutes is not None and self.elapsed() >= 60.0 * cfg.max_minutes
+
+    def _loader(self, epoch: int, start_step: int) -> DataLoader:
+        """This epoch's batches from ``start_step`` on: order fixed by (seed, epoch)."""
+        cfg = self.config.train
+        self.sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_start(start_step * cfg.grad_accum * self.batch_size)
+        # The loader's own generator (workers' base seed) keeps the global RNG out of data loading.
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate,
+            num_workers=self.config.data.num_workers, drop_last=True, generator=gen,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def fit(self) -> TrainResult:
+        old_handlers = self._install_signal_handlers()
+        try:
+            self._start_outputs()
+            stopped_by = self._train_loop()
+            if stopped_by == "budget" and self.val_set is not None and self.last_val.get("step") != self.step:
+                self.evaluate()
+            self.save("last.pt")
+            if self.ctx.is_main:
+                self._write_curves()
+        finally:
+            self._restore_signal_handlers(old_handlers)
+            if self._writer is not None:
+                self._writer.close()
+        if self.ctx.is_main:
+            log.info("stopped at step %d (%s) after %.1f min; best val oIoU %s", self.step, stopped_by,
+                     self.elapsed() / 60, "n/a" if self.best_oiou is None else f"{self.best_oiou:.2f}")
+        return TrainResult(self.step, self.epoch, self.best_oiou, dict(self.last_val), stopped_by,
+                           self.output_dir)
+
+    def _train_loop(self) -> str:
+        from tqdm.auto import tqdm
+
+        cfg = self.config.train
+        if self.ctx.is_main:
+            log.info(
+                "global batch %d = %d per process x %d processes x %d accumulation; %d steps/epoch; "
+                "%s; lr %.3g -> %.3g over %d steps; device %s, amp %s",
+                self.global_batch, self.batch_size, self.ctx.world_size, cfg.grad_accum,
+                self.steps_per_epoch,
+                f"{self.total_steps} steps" if self.total_steps else "no step limit",
+                cfg.lr, cfg.end_lr, self.decay_steps, self.device, cfg.amp,
+            )
+            print(f"global batch size: {self.global_batch} (= {self.batch_size} per process x "
+                  f"{self.ctx.world_size} processes x {cfg.grad_accum} accumulation steps)", flush=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.ctx.is_main,
+                   desc="train", unit="step", dynamic_ncols=True)
+        sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64, device=self.device)  # losses, count
+        window_start, window_samples = time.monotonic(), 0
+        try:
+            while True:
+                if any_rank(self._budget_reached() if self.ctx.is_main else False, self.ctx):
+                    return "budget"
+                loader = self._loader(self.epoch, self.step_in_epoch)
+                batches = iter(loader)
+                while self.step_in_epoch < self.steps_per_epoch:
+                    micro = [next(batches) for _ in range(cfg.grad_accum)]
+                    losses = self.train_step(micro)
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    window_samples += self.global_batch
+                    sums += torch.tensor([losses[k] for k in LOSS_KEYS] + [1.0], dtype=torch.float64,
+                                         device=self.device)
+                    for callback in self.step_callbacks:
+                        callback(self, losses)
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0:
+                        rate = window_samples / max(time.monotonic() - window_start, 1e-9)
+                        self._log_train(sums, rate, bar)
+                        sums.zero_()
+                        window_start, window_samples = time.monotonic(), 0
+                    epoch_end = self.epoch + 1 if self.step_in_epoch == self.steps_per_epoch else None
+                    if epoch_end is not None:
+                        self.epoch, self.step_in_epoch = epoch_end, 0
+                    stop = any_rank(self._stop_reason is not None or
+                                    (self._budget_reached() if self.ctx.is_main else False), self.ctx)
+                    if self.val_set is not None and cfg.eval_every.due(self.step, epoch_end):
+                        self.evaluate()
+                    if stop:
+                        reason = broadcast_object(self._stop_reason or "budget", self.ctx)
+                        return reason
+                    if cfg.checkpoint_every.due(self.step, epoch_end):
+                        self.save("last.pt")
+                    if epoch_end is not None:
+                        break
+        finally:
+            bar.close()
+
+    def train_step(self, micro_batches: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns this rank's mean losses."""
+        cfg = self.config.train
+        model = self.ddp_model
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {k: 0.0 for k in LOSS_KEYS}
+        n = len(micro_batches)
+        for i, batch in enumerate(micro_batches):
+            last = i == n - 1
+            sync = contextlib.nullcontext() if (last or not self.ctx.is_distributed) else model.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    out = model(batch["pixel_values"].to(self.device, non_blocking=True),
+                                batch["input_ids"].to(self.device, non_blocking=True),
+                                batch["attention_mask"].to(self.device, non_blocking=True))
+                    losses = self.loss_fn(out, batch["target"].to(self.device, non_blocking=True))
+                self.scaler.scale(losses["loss"] / n).backward()
+            for k in LOSS_KEYS:
+                totals[k] += float(losses[k].detach()) / n
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm) and self.amp_dtype != torch.float16:
+            # The gradients are all-reduced, so every rank sees the same norm and skips together.
+            log.warning("step %d: non-finite gradient norm (%s); update skipped", self.step + 1, grad_norm)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.scaler.step(self.optimizer)  # skips by itself on fp16 overflow
+        self.scaler.update()
+        self.scheduler.step()
+        totals["grad_norm"] = grad_norm
+        return totals
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Validation (``coupalign_core.evaluation.evaluate``, reduced over ranks) with best.pt,
+        TensorBoard, metrics.jsonl, the curves and an overlay grid written on rank 0."""
+        from ..evaluation import evaluate as run_evaluation
+
+        assert self.val_set is not None
+        data, cfg = self.config.data, self.config.train
+        t0 = time.monotonic()
+        with preserved_rng():
+            result = run_evaluation(
+                self.model, self.tokenizer, self.val_set,
+                batch_size=data.val_batch_size or self.batch_size, device=self.device,
+                distributed=self.ctx.is_distributed, num_workers=data.num_workers,
+                num_examples=cfg.overlay_samples if self.ctx.is_main else 0,
+                progress=self.ctx.is_main, desc=f"val step {self.step}",
+            )
+        metrics = {k: float(v) for k, v in result["metrics"].items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for kind, m in result.get("by_kind", {}).items():
+            metrics[f"oIoU/{kind}"] = float(m["oIoU"])
+        accuracy = result.get("presence", {}).get("no_target_accuracy")
+        if accuracy is not None:
+            metrics["no_target_accuracy"] = float(accuracy)
+        # Every rank has the same reduced numbers; rank 0's copy is the one all act on (best.pt
+        # is a collective call).
+        metrics = broadcast_object(metrics, self.ctx)
+        metrics["step"] = self.step
+        self.last_val = metrics
+        improved = "oIoU" in metrics and (self.best_oiou is None or metrics["oIoU"] > self.best_oiou)
+        if improved:
+            self.best_oiou = metrics["oIoU"]
+            self.save("best.pt")
+        if self.ctx.is_main:
+            log.info("step %d: val oIoU %.2f mIoU %.2f (best %.2f) in %.1f s", self.step,
+                     metrics.get("oIoU", float("nan")), metrics.get("mIoU", float("nan")),
+                     self.best_oiou if self.best_oiou is not None else float("nan"), time.monotonic() - t0)
+            self._record({"split": "val", "epoch": self.epoch, **metrics})
+            for k, v in metrics.items():
+                if k != "step":
+                    self.writer.add_scalar(f"val/{k}", v, self.step)
+            if result.get("examples"):
+                from .plots import plot_overlay_grid
+
+                plot_overlay_grid(result["examples"], self.output_dir / "overlays" / f"step_{self.step:07d}.png",
+                                  title=f"step {self.step}: val oIoU {metrics.get('oIoU', float('nan')):.2f}"
+                                        "  (green: ground truth, red: prediction)")
+            self._write_curves()
+        return metrics
+
+    # ---- outputs (rank 0) -------------------------------------------------------------------------
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.output_dir / "tb"), purge_step=self.step or None)
+        return self._writer
+
+    def _start_outputs(self) -> None:
+        if not self.ctx.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.yaml").write_text(self.config.to_yaml())
+        path = self.output_dir / "metrics.jsonl"
+        if path.is_file() and self.step > 0:  # resumed: keep the rows up to the checkpoint
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.history = [r for r in rows if r.get("step", 0) <= self.step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        log.info("run folder %s (%.1f M parameters)", self.output_dir,
+                 sum(p.numel() for p in self.model.parameters()) / 1e6)
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        with open(self.output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _log_train(self, sums: torch.Tensor, samples_per_s: float, bar) -> None:
+        all_reduce_sum(sums, self.ctx)  # every rank calls: sums over ranks
+        if not self.ctx.is_main:
+            return
+        count = max(float(sums[-1]), 1.0)
+        means = {k: float(sums[i]) / count for i, k in enumerate(LOSS_KEYS)}
+        row = {"split": "train", "step": self.step, "epoch": self.epoch, "lr": self.lr,
+               "samples_per_s": samples_per_s, "elapsed_s": self.elapsed(), **means}
+        self._record(row)
+        for k, v in means.items():
+            self.writer.add_scalar(f"train/{k}", v, self.step)
+        self.writer.add_scalar("train/lr", self.lr, self.step)
+        self.writer.add_scalar("train/samples_per_s", samples_per_s, self.step)
+        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{self.lr:.2e}", samples_s=f"{samples_per_s:.1f}")
+
+    def _write_curves(self) -> None:
+        from .plots import plot_training_curves
+
+        if self.history:
+            plot_training_curves(self.history, self.output_dir / "curves.png")
+
+    # ---- signals ----------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
