@@ -1,0 +1,84 @@
+"""The 3D point a robot can move to: the centroid of a mask back-projected through aligned depth.
+
+ROS-free: the node feeds it ``sensor_msgs/Image`` depth (16UC1 millimetres or 32FC1 metres, REP 118)
+and the ``K`` of the depth camera's ``CameraInfo``; the result becomes a ``geometry_msgs/PointStamped``
+in the depth image's frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from coupalign_core.data.transforms import resize_mask
+
+from .conversions import DEPTH_ENCODINGS, unpack_image
+
+
+@dataclass(frozen=True)
+class TargetPoint:
+    """Centroid in the camera's optical frame (metres) and how many depth pixels it rests on."""
+
+    x: float
+    y: float
+    z: float
+    num_points: int
+
+
+def depth_to_meters(msg: Any) -> np.ndarray:
+    """A depth ``sensor_msgs/Image``-like object -> (H, W) float32 metres, NaN where there is no reading.
+
+    16UC1 is millimetres with 0 = no reading; 32FC1 is metres with 0, NaN and ±inf = no reading.
+    """
+    depth = unpack_image(msg, DEPTH_ENCODINGS)
+    if depth.dtype == np.uint16:
+        meters = depth.astype(np.float32) * 1e-3
+    else:
+        meters = depth.astype(np.float32, copy=True)
+    meters[~np.isfinite(meters) | (meters <= 0)] = np.nan
+    return meters
+
+
+def intrinsics_from_k(k: Sequence[float]) -> tuple[float, float, float, float]:
+    """CameraInfo ``k`` (row-major 3x3, 9 values) -> (fx, fy, cx, cy); refuses an uncalibrated K."""
+    values = np.asarray(k, dtype=np.float64).reshape(-1)
+    if values.size != 9:
+        raise ValueError(f"camera matrix K must have 9 values, got {values.size}")
+    fx, fy, cx, cy = values[0], values[4], values[2], values[5]
+    if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
+        raise ValueError(f"camera matrix K is not calibrated (fx={fx}, fy={fy}, cx={cx}, cy={cy})")
+    return float(fx), float(fy), float(cx), float(cy)
+
+
+def mask_centroid_3d(
+    mask: np.ndarray,
+    depth_m: np.ndarray,
+    k: Sequence[float],
+    *,
+    min_depth: float = 0.0,
+    max_depth: float = float("inf"),
+    min_points: int = 1,
+) -> TargetPoint | None:
+    """Mean of the 3D points under ``mask``; None when fewer than ``min_points`` have valid depth.
+
+    mask (H, W) bool in the colour image; depth_m (Hd, Wd) float32 metres aligned to the colour
+    image (NaN = invalid) and ``k`` the depth camera's K. When the sizes differ (depth registered at
+    a lower resolution) the mask is resized to the depth image with nearest neighbour.
+    Depth outside [min_depth, max_depth] is ignored like a missing reading.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or depth_m.ndim != 2:
+        raise ValueError(f"mask and depth must be 2-D, got {mask.shape} and {depth_m.shape}")
+    if mask.shape != depth_m.shape:
+        mask = resize_mask(mask, depth_m.shape)
+    fx, fy, cx, cy = intrinsics_from_k(k)
+    valid = mask & np.isfinite(depth_m) & (depth_m >= min_depth) & (depth_m <= max_depth)
+    vs, us = np.nonzero(valid)
+    if us.size < max(1, int(min_points)):
+        return None
+    z = depth_m[vs, us].astype(np.float64)  # (N,)
+    x = (us.astype(np.float64) - cx) * z / fx
+    y = (vs.astype(np.float64) - cy) * z / fy
+    return TargetPoint(float(x.mean()), float(y.mean()), float(z.mean()), int(us.size))
