@@ -1,0 +1,412 @@
+"""The processing pipeline shared by the ROS node and the rosbag tools (no rclpy here).
+
+A camera publishes faster than a model segments, so the node keeps one slot: the newest frame
+replaces an unprocessed older one (counted as dropped), and a worker thread runs the Segmenter on
+whatever is newest when it is free. Commands are timed: a new sentence applies to frames stamped at
+or after its arrival (the frame the user was looking at), or to every frame from now on when it is
+flagged immediate. Bag replay calls :meth:`Pipeline.process` synchronously, frame by frame, so it
+scores exactly what the node would compute.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .conversions import ImageFields, mask_to_mono8
+
+logger = logging.getLogger(__name__)
+
+# (image (H,W,3) uint8 RGB, text) -> SegmentationResult (mask, score, found, bbox, timings)
+SegmentFn = Callable[[np.ndarray, str], Any]
+
+
+@dataclass
+class Frame:
+    """One camera image waiting for the model."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    stamp_ns: int  # the source header's stamp
+    frame_id: str = ""
+    header: Any = None  # the source header itself, copied into the results untouched
+    received_ns: int = field(default_factory=time.monotonic_ns)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A sentence and when it starts to apply."""
+
+    text: str
+    command_id: int  # 1, 2, ... in order of arrival
+    arrival_ns: int  # on the clock of the frames' stamps
+    immediate: bool = False  # apply to every frame processed from now on, whatever its stamp
+
+
+@dataclass
+class SegmentationOutput:
+    """What the pipeline hands to the node's publishers or the bag writer for one frame."""
+
+    frame: Frame
+    command: Command
+    result: Any  # coupalign_core.inference.SegmentationResult
+    latency_ms: float  # wall time of the Segmenter call (pre- + inference + post-processing)
+    found: bool  # score >= the pipeline's threshold (which the node may change at runtime)
+
+    def message_fields(self) -> dict[str, Any]:
+        """Plain values of a ``coupalign_interfaces/ReferringSegmentation`` (without the header).
+
+        The node and the bag writer both fill their message classes from this, so the two can't
+        drift apart. ``bbox`` is (x_offset, y_offset, width, height) in source pixels, zeros when
+        the mask is empty.
+        """
+        bbox = self.result.bbox
+        if bbox is None:
+            roi = (0, 0, 0, 0)
+        else:
+            x0, y0, x1, y1 = (int(v) for v in bbox)
+            roi = (x0, y0, x1 - x0, y1 - y0)
+        mask: ImageFields = mask_to_mono8(self.result.mask)
+        return {
+            "command": self.command.text,
+            "command_id": self.command.command_id,
+            "found": bool(self.found),
+            "score": float(self.result.score),
+            "bbox": roi,
+            "mask": mask,
+            "latency_ms": float(self.latency_ms),
+        }
+
+
+class CommandBook:
+    """The commands received so far and which one is in force for a frame stamp.
+
+    Keeps a short history so a frame stamped just before a new command still gets the old one.
+    """
+
+    def __init__(self, max_chars: int = 500, history: int = 32):
+        self.max_chars = int(max_chars)
+        self._commands: collections.deque[Command] = collections.deque(maxlen=history)
+        self._next_id = 1
+        self._lock = threading.Lock()
+
+    def validate(self, text: Any) -> str:
+        """The stripped sentence, or ValueError saying why it can't be a command."""
+        if not isinstance(text, str):
+            raise ValueError(f"a command must be a str, got {type(text).__name__}")
+        stripped = text.strip()
+        if not stripped:
+            raise ValueError("empty command (nothing but whitespace)")
+        if len(stripped) > self.max_chars:
+            raise ValueError(f"command is {len(stripped)} characters long; the limit is {self.max_chars}")
+        return stripped
+
+    def set(self, text: Any, arrival_ns: int, immediate: bool = False) -> Command:
+        """Record a new command; raises ValueError (and records nothing) for an invalid one."""
+        stripped = self.validate(text)
+        with self._lock:
+            command = Command(stripped, self._next_id, int(arrival_ns), bool(immediate))
+            self._next_id += 1
+            self._commands.append(command)
+        return command
+
+    @property
+    def latest(self) -> Optional[Command]:
+        with self._lock:
+            return self._commands[-1] if self._commands else None
+
+    def for_stamp(self, stamp_ns: int) -> Optional[Command]:
+        """The newest command that applies to a frame stamped ``stamp_ns`` (None before the first)."""
+        with self._lock:
+            for command in reversed(self._commands):
+                if command.immediate or command.arrival_ns <= stamp_ns:
+                    return command
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._commands.clear()
+
+
+class FrameSlot:
+    """A one-frame buffer: the newest frame wins, so memory stays bounded whatever the camera rate."""
+
+    def __init__(self) -> None:
+        self._frame: Optional[Frame] = None
+        self._cond = threading.Condition()
+
+    def put(self, frame: Frame) -> Optional[Frame]:
+        """Store ``frame``; returns the unprocessed frame it replaced (the caller counts it dropped)."""
+        with self._cond:
+            superseded, self._frame = self._frame, frame
+            self._cond.notify()
+        return superseded
+
+    def take(self, timeout: Optional[float] = None) -> Optional[Frame]:
+        """Remove and return the frame, waiting up to ``timeout`` seconds for one (None: none came)."""
+        with self._cond:
+            if self._frame is None:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+        return frame
+
+    def clear(self) -> Optional[Frame]:
+        with self._cond:
+            frame, self._frame = self._frame, None
+        return frame
+
+    def wake(self) -> None:
+        """Release a waiting :meth:`take` (it returns None) so a stopping worker exits at once."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+class ThrottledLog:
+    """At most one message per key per ``period_s``; says how many were held back in between.
+
+    A camera sending a broken image at 30 Hz must not flood the log, but the first one is shown.
+    """
+
+    def __init__(self, emit: Callable[[int, str], None], period_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.emit = emit
+        self.period_s = float(period_s)
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, level: int, message: str) -> bool:
+        """Emit ``message`` unless ``key`` was emitted within the period; True when emitted."""
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period_s:
+                self._held[key] += 1
+                return False
+            held = self._held.pop(key, 0)
+            self._last[key] = now
+        suffix = f" ({held} more like this in the last {self.period_s:g} s)" if held else ""
+        self.emit(level, message + suffix)
+        return True
+
+
+class PipelineStats:
+    """Counters and rolling figures for /diagnostics and the bag report (thread-safe)."""
+
+    def __init__(self, window: int = 200, rate_window_s: float = 10.0):
+        self._lock = threading.Lock()
+        self.rate_window_s = float(rate_window_s)
+        self.received = 0
+        self.processed = 0
+        self.dropped: collections.Counter[str] = collections.Counter()  # superseded, stale, no_command
+        self.rejected: collections.Counter[str] = collections.Counter()  # by reason
+        self.errors = 0
+        self._latencies: collections.deque[float] = collections.deque(maxlen=window)
+        self._done_at: collections.deque[float] = collections.deque()
+
+    def count_received(self) -> None:
+        with self._lock:
+            self.received += 1
+
+    def count_dropped(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def count_rejected(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+
+    def count_error(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+    def count_processed(self, latency_ms: float, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.processed += 1
+            self._latencies.append(float(latency_ms))
+            self._done_at.append(now)
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._done_at and now - self._done_at[0] > self.rate_window_s:
+            self._done_at.popleft()
+
+    def snapshot(self, now: Optional[float] = None) -> dict[str, Any]:
+        """A consistent copy: counts, processing rate (Hz over the window) and latency percentiles."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(now)
+            lat = np.asarray(self._latencies, dtype=np.float64)
+            span = self._done_at[-1] - self._done_at[0] if len(self._done_at) >= 2 else 0.0
+            rate = (len(self._done_at) - 1) / span if span > 0 else 0.0
+            return {
+                "received": self.received,
+                "processed": self.processed,
+                "dropped": dict(self.dropped),
+                "rejected": dict(self.rejected),
+                "errors": self.errors,
+                "rate_hz": float(rate),
+                "latency_ms_mean": float(lat.mean()) if lat.size else 0.0,
+                "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else 0.0,
+                "latency_ms_p90": float(np.percentile(lat, 90)) if lat.size else 0.0,
+                "latency_ms_max": float(lat.max()) if lat.size else 0.0,
+            }
+
+
+def _python_log(level: int, message: str) -> None:
+    logger.log(level, "%s", message)
+
+
+class Pipeline:
+    """Frames in, :class:`SegmentationOutput` out, on a worker thread or synchronously.
+
+    ``segment`` is any ``(image, text) -> SegmentationResult`` callable, normally a
+    ``coupalign_core.inference.Segmenter``. ``clock_ns`` is the clock of the frame stamps (the node's
+    ROS clock, which follows /clock under sim time); without it frames are never stale.
+    """
+
+    def __init__(
+        self,
+        segment: Optional[SegmentFn],
+        *,
+        commands: Optional[CommandBook] = None,
+        on_result: Optional[Callable[[SegmentationOutput], None]] = None,
+        clock_ns: Optional[Callable[[], int]] = None,
+        max_frame_age_s: float = 0.0,
+        max_rate_hz: float = 0.0,
+        threshold: Optional[float] = None,
+        log: Optional[Callable[[int, str], None]] = None,
+        log_period_s: float = 5.0,
+    ):
+        self.segment = segment
+        self.commands = commands if commands is not None else CommandBook()
+        self.on_result = on_result
+        self.clock_ns = clock_ns
+        self.max_frame_age_s = float(max_frame_age_s)
+        self.max_rate_hz = float(max_rate_hz)
+        self.threshold = threshold  # None: keep the Segmenter's own found
+        self.stats = PipelineStats()
+        self.log = ThrottledLog(log or _python_log, log_period_s)
+        self._slot = FrameSlot()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._busy = threading.Lock()  # one Segmenter call at a time (worker and service share it)
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def submit(self, frame: Frame) -> None:
+        """Offer a frame to the worker; an unprocessed older frame is dropped (counted)."""
+        self.stats.count_received()
+        if self._slot.put(frame) is not None:
+            self.stats.count_dropped("superseded")
+
+    def reject(self, reason: str, detail: str) -> None:
+        """Count a refused input under ``reason`` and log it, throttled per reason."""
+        self.stats.count_rejected(reason)
+        self.log(f"reject:{reason}", logging.WARNING, f"rejected {reason}: {detail}")
+
+    def set_command(self, text: Any, arrival_ns: int, immediate: bool = False) -> Optional[Command]:
+        """Record a command; an invalid one is rejected (counted, logged) and None returned."""
+        try:
+            command = self.commands.set(text, arrival_ns, immediate)
+        except ValueError as e:
+            self.reject("command", str(e))
+            return None
+        self.log(f"command:{command.command_id}", logging.INFO,
+                 f"command {command.command_id}: {command.text!r}")
+        return command
+
+    # ---- processing ---------------------------------------------------------------------------
+    def run_segmenter(self, image: np.ndarray, text: str) -> tuple[Any, float]:
+        """(result, wall ms) of one Segmenter call; serialised so the service can share the model."""
+        if self.segment is None:
+            raise RuntimeError("no model loaded (the node is not configured)")
+        with self._busy:
+            t0 = time.perf_counter()
+            result = self.segment(image, text)
+            return result, (time.perf_counter() - t0) * 1e3
+
+    def process(self, frame: Frame) -> Optional[SegmentationOutput]:
+        """Segment one frame with the command in force at its stamp.
+
+        None when it is dropped (stale, no command yet) or the Segmenter failed; both are counted,
+        and an exception never escapes, so a bad frame cannot stop the worker.
+        """
+        if self.clock_ns is not None and self.max_frame_age_s > 0:
+            age_s = (self.clock_ns() - frame.stamp_ns) * 1e-9
+            if age_s > self.max_frame_age_s:
+                self.stats.count_dropped("stale")
+                self.log("stale", logging.WARNING,
+                         f"dropped a frame {age_s:.2f} s old (max_frame_age_s={self.max_frame_age_s:g})")
+                return None
+        command = self.commands.for_stamp(frame.stamp_ns)
+        if command is None:
+            self.stats.count_dropped("no_command")
+            latest = self.commands.latest
+            if latest is not None:
+                self.log("early_frame", logging.WARNING,
+                         f"frames are stamped {(latest.arrival_ns - frame.stamp_ns) * 1e-9:.3f} s before "
+                         f"the command arrived; if the camera's clock differs from this node's, set "
+                         f"command_immediate")
+            return None
+        try:
+            result, latency_ms = self.run_segmenter(frame.image, command.text)
+        except ValueError as e:
+            self.reject("segmenter_input", str(e))
+            return None
+        except Exception as e:  # a model failure (CUDA OOM, ...) must not end the node
+            self.stats.count_error()
+            self.log("segmenter_error", logging.ERROR, f"segmentation failed: {type(e).__name__}: {e}")
+            return None
+        self.stats.count_processed(latency_ms)
+        found = bool(result.found) if self.threshold is None else float(result.score) >= self.threshold
+        return SegmentationOutput(frame, command, result, latency_ms, found)
+
+    # ---- worker thread ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._work, name="coupalign-pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker after its current frame; the pending frame is discarded."""
+        self._stop.set()
+        self._slot.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("pipeline worker still busy after %.1f s; it stops after this frame", timeout)
+        self._thread = None
+        self._slot.clear()
+
+    def _work(self) -> None:
+        next_start = 0.0
+        while not self._stop.is_set():
+            if self.max_rate_hz > 0:
+                wait = next_start - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+            frame = self._slot.take(timeout=0.1)
+            if frame is None:
+                continue
+            next_start = time.monotonic() + (1.0 / self.max_rate_hz if self.max_rate_hz > 0 else 0.0)
+            output = self.process(frame)
+            if output is None or self.on_result is None:
+                continue
+            try:
+                self.on_result(output)
+            except Exception as e:  # a publisher failing must not end the worker
+                self.stats.count_error()
+                self.log("publish_error", logging.ERROR, f"publishing a result failed: {type(e).__name__}: {e}")

@@ -1,0 +1,262 @@
+"""The node's ROS-free pipeline: newest-frame-wins, timed commands, stale frames, bad inputs, stats.
+
+The Segmenter is injected: here a deterministic one whose latency the test controls (the brightness
+threshold below), so ordering and dropping under a producer faster than inference can be asserted.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from coupalign_ros.pipeline import CommandBook, Frame, FrameSlot, Pipeline, ThrottledLog
+
+
+@dataclass
+class Result:
+    """Shape of coupalign_core.inference.SegmentationResult."""
+
+    mask: np.ndarray
+    score: float
+    found: bool
+    bbox: tuple[int, int, int, int] | None
+    timings: dict = field(default_factory=dict)
+
+
+class BrightSegmenter:
+    """Mask = bright pixels; score = their share. Sleeps ``delay_s`` to play a slow model."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.calls: list[tuple[int, str]] = []  # (first pixel value = frame number, text)
+
+    def __call__(self, image: np.ndarray, text: str) -> Result:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected (H,W,3), got {image.shape}")
+        if text == "explode":
+            raise RuntimeError("CUDA out of memory")
+        time.sleep(self.delay_s)
+        self.calls.append((int(image[0, 0, 1]), text))
+        mask = image[:, :, 0] > 127
+        ys, xs = np.nonzero(mask)
+        bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else None
+        score = float(mask.mean())
+        return Result(mask, score, score >= 0.5, bbox, {"inference": self.delay_s * 1e3})
+
+
+def frame(number: int, stamp_ns: int | None = None, size: int = 8) -> Frame:
+    image = np.zeros((size, size, 3), np.uint8)
+    image[:, :, 1] = number % 256
+    image[2:5, 1:4, 0] = 255  # the bright square: x 1..3, y 2..4
+    return Frame(image, stamp_ns if stamp_ns is not None else number, f"cam{number}")
+
+
+def test_newest_frame_wins_in_order_with_bounded_memory():
+    seg = BrightSegmenter(delay_s=0.02)
+    outputs = []
+    pipe = Pipeline(seg, on_result=outputs.append)
+    pipe.set_command("the bright square", arrival_ns=0)
+    alive: list[weakref.ref] = []
+    peak_alive = 0
+    pipe.start()
+    try:
+        for n in range(1, 301):  # ~1 ms apart: 20x faster than the model
+            f = frame(n)
+            alive.append(weakref.ref(f.image))
+            pipe.submit(f)
+            del f
+            if n % 25 == 0:
+                gc.collect()
+                peak_alive = max(peak_alive, sum(r() is not None for r in alive))
+            time.sleep(0.001)
+        deadline = time.monotonic() + 5
+        while (not outputs or outputs[-1].frame.stamp_ns != 300) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        pipe.stop()
+    stats = pipe.stats.snapshot()
+    stamps = [o.frame.stamp_ns for o in outputs]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), "results out of order"
+    assert stamps[-1] == 300, "the newest frame must be processed last"
+    assert stats["received"] == 300
+    assert stats["processed"] + stats["dropped"]["superseded"] == 300
+    assert 5 <= stats["processed"] < 150
+    # the slot, the frame being segmented and the outputs list: no backlog of frames
+    assert peak_alive <= len(outputs) + 3
+    gc.collect()
+    assert sum(r() is not None for r in alive) == len(outputs)
+
+
+def test_command_applies_to_frames_stamped_after_arrival_or_immediately():
+    seg = BrightSegmenter()
+    pipe = Pipeline(seg)
+    assert pipe.process(frame(1, stamp_ns=50)) is None  # no command yet
+    pipe.set_command("first", arrival_ns=100)
+    assert pipe.process(frame(2, stamp_ns=99)) is None  # stamped before the command arrived
+    assert pipe.process(frame(3, stamp_ns=100)).command.text == "first"
+    pipe.set_command("  second  ", arrival_ns=200)
+    late = pipe.process(frame(4, stamp_ns=180))  # taken before "second" arrived
+    assert (late.command.text, late.command.command_id) == ("first", 1)
+    assert pipe.process(frame(5, stamp_ns=250)).command.text == "second"  # stripped
+    pipe.set_command("third", arrival_ns=10_000, immediate=True)
+    assert pipe.process(frame(6, stamp_ns=260)).command.command_id == 3
+    assert pipe.stats.snapshot()["dropped"] == {"no_command": 2}
+
+
+def test_stale_frames_are_dropped_and_counted():
+    now = [10_000_000_000]
+    pipe = Pipeline(BrightSegmenter(), clock_ns=lambda: now[0], max_frame_age_s=1.0)
+    pipe.set_command("x", arrival_ns=0)
+    assert pipe.process(frame(1, stamp_ns=8_000_000_000)) is None
+    assert pipe.process(frame(2, stamp_ns=9_500_000_000)) is not None
+    pipe.max_frame_age_s = 0.0  # 0 keeps every frame
+    assert pipe.process(frame(3, stamp_ns=1)) is not None
+    assert pipe.stats.snapshot()["dropped"] == {"stale": 1}
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [("", "empty command"), ("   \n\t", "empty command"), ("x" * 501, "501 characters long; the limit is 500"),
+     (None, "must be a str, got NoneType"), (b"bytes", "must be a str, got bytes")],
+)
+def test_bad_commands_are_rejected_with_a_reason(text, reason, caplog):
+    pipe = Pipeline(BrightSegmenter())
+    with caplog.at_level(logging.WARNING, logger="coupalign_ros.pipeline"):
+        assert pipe.set_command(text, arrival_ns=0) is None
+    assert pipe.stats.snapshot()["rejected"] == {"command": 1}
+    assert reason in caplog.text
+    assert pipe.commands.latest is None
+    ok = pipe.set_command("日本語 ✓ \x07 emoji 🦾", arrival_ns=0)  # any Unicode is a command
+    assert ok is not None and ok.command_id == 1
+
+
+def test_segmenter_failures_are_counted_and_the_worker_keeps_serving():
+    seg = BrightSegmenter()
+    outputs = []
+    pipe = Pipeline(seg, on_result=outputs.append)
+    pipe.set_command("explode", arrival_ns=0)
+    bad = frame(1)
+    bad.image = bad.image[:, :, 0]  # wrong shape: the Segmenter raises ValueError
+    pipe.start()
+    try:
+        pipe.submit(bad)
+        time.sleep(0.2)
+        pipe.submit(frame(2))  # "explode": RuntimeError inside the model
+        time.sleep(0.2)
+        pipe.set_command("fine", arrival_ns=0)
+        pipe.submit(frame(3))
+        deadline = time.monotonic() + 5
+        while not outputs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pipe.running
+    finally:
+        pipe.stop()
+    stats = pipe.stats.snapshot()
+    assert [o.frame.stamp_ns for o in outputs] == [3]
+    assert stats["rejected"] == {"segmenter_input": 1} and stats["errors"] == 1
+    assert not pipe.running
+
+
+def test_on_result_failure_does_not_stop_the_worker():
+    calls = []
+
+    def publish(output):
+        calls.append(output.frame.stamp_ns)
+        if len(calls) == 1:
+            raise RuntimeError("publisher gone")
+
+    pipe = Pipeline(BrightSegmenter(), on_result=publish)
+    pipe.set_command("x", arrival_ns=0)
+    pipe.start()
+    try:
+        for n in (1, 2):
+            pipe.submit(frame(n))
+            deadline = time.monotonic() + 5
+            while len(calls) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        pipe.stop()
+    assert calls == [1, 2] and pipe.stats.snapshot()["errors"] == 1
+
+
+def test_max_rate_limits_segmentations():
+    seg = BrightSegmenter()
+    pipe = Pipeline(seg, max_rate_hz=20.0)
+    pipe.set_command("x", arrival_ns=0)
+    pipe.start()
+    t0 = time.monotonic()
+    n = 0
+    try:
+        while time.monotonic() - t0 < 0.5:
+            n += 1
+            pipe.submit(frame(n))
+            time.sleep(0.002)
+    finally:
+        pipe.stop()
+    processed = pipe.stats.snapshot()["processed"]
+    assert 3 <= processed <= 12, processed  # 20 Hz for 0.5 s: about 10
+
+
+def test_message_fields_and_runtime_threshold():
+    pipe = Pipeline(BrightSegmenter())
+    pipe.set_command("square", arrival_ns=0)
+    out = pipe.process(frame(7))
+    fields = out.message_fields()
+    assert fields["command"] == "square" and fields["command_id"] == 1
+    assert fields["bbox"] == (1, 2, 3, 3)  # x, y, width, height
+    assert fields["score"] == pytest.approx(9 / 64) and fields["found"] is False
+    mask = np.frombuffer(fields["mask"].data, np.uint8).reshape(8, 8)
+    assert mask.sum() == 9 * 255 and fields["mask"].encoding == "mono8"
+    pipe.threshold = 0.1  # the node's threshold parameter, changed at runtime
+    assert pipe.process(frame(8)).message_fields()["found"] is True
+    empty = frame(9)
+    empty.image[:, :, 0] = 0
+    assert pipe.process(empty).message_fields()["bbox"] == (0, 0, 0, 0)
+
+
+def test_stats_rate_and_latency_percentiles():
+    from coupalign_ros.pipeline import PipelineStats
+
+    stats = PipelineStats(rate_window_s=10.0)
+    for i in range(11):
+        stats.count_processed(latency_ms=float(i), now=100.0 + 0.1 * i)  # 10 Hz
+    snap = stats.snapshot(now=101.0)
+    assert snap["rate_hz"] == pytest.approx(10.0)
+    assert snap["latency_ms_p50"] == pytest.approx(5.0) and snap["latency_ms_max"] == 10.0
+    assert stats.snapshot(now=200.0)["rate_hz"] == 0.0  # nothing in the window any more
+
+
+def test_throttled_log_holds_back_repeats_and_reports_how_many():
+    emitted = []
+    now = [0.0]
+    log = ThrottledLog(lambda level, msg: emitted.append(msg), period_s=5.0, clock=lambda: now[0])
+    for _ in range(10):
+        log("bad", logging.WARNING, "bad image")
+    log("other", logging.WARNING, "other problem")
+    now[0] = 6.0
+    log("bad", logging.WARNING, "bad image")
+    assert emitted == ["bad image", "other problem", "bad image (9 more like this in the last 5 s)"]
+
+
+def test_frame_slot_take_waits_and_wakes():
+    slot = FrameSlot()
+    assert slot.take(timeout=0.01) is None
+    threading.Timer(0.05, lambda: slot.put(frame(1))).start()
+    got = slot.take(timeout=2.0)
+    assert got is not None and got.stamp_ns == 1
+    assert slot.put(frame(2)) is None and slot.put(frame(3)).stamp_ns == 2
+
+
+def test_command_book_keeps_a_bounded_history():
+    book = CommandBook(history=4)
+    for i in range(10):
+        book.set(f"c{i}", arrival_ns=i * 10)
+    assert book.for_stamp(95).text == "c9" and book.for_stamp(65).text == "c6"
+    assert book.for_stamp(55) is None  # older commands fell out of the history
