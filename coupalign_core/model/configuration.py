@@ -94,6 +94,10 @@ class CoupAlignConfig:
 
     def __post_init__(self) -> None:
         self.wpa_stages = tuple(int(s) for s in self.wpa_stages)
+        # YAML has no tuples: normalise sequences so a round trip compares equal.
+        self.image_encoder_kwargs = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in self.image_encoder_kwargs.items()
+        }
         bad = [s for s in self.wpa_stages if s not in (1, 2, 3, 4)]
         if bad:
             raise ValueError(f"wpa_stages must be a subset of (1, 2, 3, 4), got {self.wpa_stages}")
@@ -108,9 +112,7 @@ class CoupAlignConfig:
 
     # ---- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["wpa_stages"] = list(self.wpa_stages)
-        return d
+        return _plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CoupAlignConfig":
@@ -146,6 +148,15 @@ class CoupAlignConfig:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         base = PRESETS[name]()
         return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively: what YAML and JSON can hold."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _paper() -> CoupAlignConfig:
