@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from coupalign_core.losses import CoupAlignLoss
+from coupalign_core.model import CoupAlign, CoupAlignConfig
 
 
 def make_loss(**fields) -> CoupAlignLoss:
     defaults = dict(aux_loss_weight=0.1, aux_temperature=0.07, aux_max_pixels=1024, presence_loss_weight=0.1)
     defaults.update(fields)
-    return CoupAlignLoss(SimpleNamespace(**defaults))  # the CoupAlignConfig fields it reads
+    return CoupAlignLoss(CoupAlignConfig(**defaults))
 
 
 def output(logits, emb, presence=None):
@@ -208,3 +209,21 @@ def test_bad_shapes_raise_with_both_shapes():
         loss(output(torch.zeros(2, 16, 16), torch.zeros(2, 4, 4, 4)), torch.zeros(2, 16, 16))
     with pytest.raises(ValueError, match="aux_temperature"):
         make_loss(aux_temperature=0.0)
+
+
+def test_on_the_tiny_model_output():
+    """The real CoupAlignOutput: (B,1,96,96) logits, (B,32,24,24) Y1, presence logits."""
+    torch.manual_seed(6)
+    config = CoupAlignConfig.preset("tiny")
+    model = CoupAlign(config)
+    images = torch.randn(2, 3, config.image_size, config.image_size)
+    ids = torch.tensor([[101, 2417, 2598, 102] + [0] * 16, [101, 2417, 102] + [0] * 17])
+    mask = (ids != 0).long()
+    target = torch.zeros(2, config.image_size, config.image_size)
+    target[0, 10:50, 20:60] = 1  # image 1 has no target: presence 0, aux 0 for it
+    out = CoupAlignLoss(config)(model(images, ids, mask), target)
+    assert all(torch.isfinite(v) for v in out.values())
+    assert out["aux"] > 0 and out["presence"] > 0
+    out["loss"].backward()
+    grads = [p.grad for p in model.seg_head.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
