@@ -1,0 +1,95 @@
+"""Replay a ROS 2 bag through the node's pipeline and score it, without ROS.
+
+Reads rosbag2 bags (sqlite3 .db3 or MCAP, Humble or Jazzy), pairs each camera image with the
+command in force at its stamp, segments it with the same pipeline as the ROS node, writes the
+coupalign_interfaces/ReferringSegmentation results to --out, and, when the bag carries mono8
+ground-truth masks (same header stamp as their image), prints oIoU, mIoU and prec@X. --json writes
+RISMetrics.compute() plus per-frame latency figures; --overlays a PNG contact sheet.
+
+Example (the bag from `coupalign make-bag`):
+  coupalign bag-eval bags/synth-val --checkpoint models/coupalign-synthetic.pt \\
+      --out outputs/synth-val-results --json outputs/bag-eval.json --overlays outputs/bag-eval.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from coupalign_ros.bag_tools import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, RESULT_TOPIC, STORAGES
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("bag", help="input bag folder (sqlite3 or MCAP)")
+    parser.add_argument("--checkpoint", required=True, help="a CoupAlign checkpoint (.pt)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--threshold", type=float, default=0.5, help="score at or above which found=True")
+    parser.add_argument("--image-topic", default=IMAGE_TOPIC, help=f"(default: {IMAGE_TOPIC})")
+    parser.add_argument("--command-topic", default=COMMAND_TOPIC, help=f"(default: {COMMAND_TOPIC})")
+    parser.add_argument("--gt-topic", default=GT_TOPIC,
+                        help=f"ground-truth mono8 masks (default: {GT_TOPIC}; scored when present)")
+    parser.add_argument("--distro", choices=DISTROS, default="jazzy",
+                        help="type store for bags without message definitions (default: jazzy)")
+    parser.add_argument("--out", help="write the results to this new bag folder")
+    parser.add_argument("--out-storage", choices=STORAGES, help="storage of --out (default: the input's)")
+    parser.add_argument("--result-topic", default=RESULT_TOPIC, help=f"(default: {RESULT_TOPIC})")
+    parser.add_argument("--command-immediate", action="store_true",
+                        help="apply each command to every later frame whatever its stamp")
+    parser.add_argument("--json", dest="json_out", help="write metrics and latency as JSON")
+    parser.add_argument("--overlays", help="write a PNG contact sheet of overlays")
+    parser.add_argument("--max-overlays", type=int, default=16, help="frames on the contact sheet (default: 16)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def format_report(report: dict) -> str:
+    lines = [f"bag-eval {report['bag']}: {report['processed']}/{report['frames']} frames segmented, "
+             f"{report['with_ground_truth']} scored"]
+    if "oIoU" in report:
+        precs = "  ".join(f"{k} {report[k]:.2f}" for k in sorted(report) if k.startswith("prec@"))
+        lines.append(f"  oIoU {report['oIoU']:.2f}  mIoU {report['mIoU']:.2f}  {precs}  (n={report['n']})")
+    if "latency_ms_p50" in report:
+        lines.append(f"  latency ms: mean {report['latency_ms_mean']:.1f}  p50 {report['latency_ms_p50']:.1f}  "
+                     f"p90 {report['latency_ms_p90']:.1f}  p99 {report['latency_ms_p99']:.1f}")
+    if report["dropped"] or report["rejected"] or report["errors"]:
+        lines.append(f"  dropped {report['dropped']}  rejected {report['rejected']}  errors {report['errors']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from coupalign_core.inference import Segmenter
+    from coupalign_ros.bag_tools import replay_bag
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.max_overlays < 1:
+        raise ValueError(f"--max-overlays must be >= 1, got {args.max_overlays}")
+    if not Path(args.bag).exists():
+        raise FileNotFoundError(f"bag {args.bag} does not exist")
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device,
+                                          precision=args.precision, threshold=args.threshold)
+    report = replay_bag(
+        args.bag, segmenter, distro=args.distro, image_topic=args.image_topic,
+        command_topic=args.command_topic, gt_topic=args.gt_topic, out=args.out, out_storage=args.out_storage,
+        result_topic=args.result_topic, overlays=args.overlays, max_overlays=args.max_overlays,
+        command_immediate=args.command_immediate, progress=not args.no_progress,
+    ).to_dict()
+    report["checkpoint"] = str(args.checkpoint)
+    report["backend"], report["device"], report["precision"] = args.backend, args.device, args.precision
+    print(format_report(report))
+    if args.json_out:
+        path = Path(args.json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        log.info("wrote %s", path)
+    if args.out:
+        log.info("results in %s", args.out)
+    if args.overlays and report.get("overlays"):
+        log.info("contact sheet %s", report["overlays"])
+    return 0 if report["processed"] else 1
