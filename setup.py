@@ -19,6 +19,9 @@ setup(
         (f"share/{package_name}", ["package.xml"]),
         (f"share/{package_name}/launch", glob("launch/*.launch.py")),
         (f"share/{package_name}/config", glob("config/*.yaml")),
+        # the interface definitions, for bag tools run from an install (coupalign_ros.bag_tools)
+        (f"share/{package_name}/interfaces/msg", glob("msg/msg/*.msg")),
+        (f"share/{package_name}/interfaces/srv", glob("msg/srv/*.srv")),
     ],
     # Dependencies are pinned in requirements.txt (scripts/setup.sh installs them); ROS users get
     # rclpy and friends from rosdep (package.xml).
@@ -27,6 +30,9 @@ setup(
     entry_points={
         "console_scripts": [
             "coupalign = coupalign_core.cli.main:main",
+            # ros2 run coupalign_ros coupalign_node / coupalign_command (setup.cfg puts them in lib/coupalign_ros)
+            "coupalign_node = coupalign_ros.node:main",
+            "coupalign_command = coupalign_ros.command:main",
         ],
     },
 )
