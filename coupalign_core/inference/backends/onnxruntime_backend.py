@@ -1,0 +1,154 @@
+"""ONNX Runtime backend: CPU or CUDA execution provider, on an exported fixed-shape graph."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..graph import INPUT_NAMES, LOGITS, PRESENCE_LOGITS
+from .base import BackendOutput, InferenceBackend, check_precision
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - pinned in requirements.txt
+        raise RuntimeError(
+            "the onnxruntime backend needs the onnxruntime package: `pip install onnxruntime` "
+            "(CPU) or `pip install onnxruntime-gpu` (CUDA)"
+        ) from e
+    return ort
+
+
+def available_providers() -> list[str]:
+    try:
+        return list(_import_ort().get_available_providers())
+    except RuntimeError:
+        return []
+
+
+def default_num_threads() -> int:
+    """Cores this process may use: ORT's own default counts every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxRuntimeBackend(InferenceBackend):
+    """Runs an exported CoupAlign ONNX graph (see ``coupalign_core.inference.export``).
+
+    Thread spinning is off by default (``allow_spinning=False``): a spinning ORT pool keeps its
+    cores busy between calls, which was measured to slow torch in the same process ~5x and
+    starves a ROS executor. ``num_threads`` defaults to the cores this process may run on.
+    ``precision`` says what the graph computes in: an fp16 graph comes from
+    ``onnx_precision.convert_float_precision`` (the caller prepares it; see the Segmenter).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        device: str = "cpu",
+        num_threads: Optional[int] = None,
+        inter_op_threads: int = 1,
+        allow_spinning: bool = False,
+        graph_optimization: str = "all",
+        precision: str = "fp32",
+        device_id: int = 0,
+    ):
+        ort = _import_ort()
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise FileNotFoundError(f"ONNX file {self.onnx_path} does not exist")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if graph_optimization not in _OPT_LEVELS:
+            raise ValueError(f"graph_optimization must be one of {_OPT_LEVELS}, got {graph_optimization!r}")
+        self.precision = check_precision(precision)
+        self.device = device
+        self.num_threads = int(num_threads) if num_threads else default_num_threads()
+        self.allow_spinning = allow_spinning
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.num_threads
+        so.inter_op_num_threads = max(1, int(inter_op_threads))
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        spin = "1" if allow_spinning else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[graph_optimization]
+        so.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
+
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError(
+                    "onnxruntime on device='cuda' needs the CUDA execution provider, which this "
+                    f"onnxruntime {ort.__version__} lacks (providers: {ort.get_available_providers()}); "
+                    "`pip uninstall onnxruntime && pip install onnxruntime-gpu` on a machine with "
+                    "CUDA 12 and cuDNN 9, or use device='cpu'"
+                )
+            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=providers)
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(
+                f"onnxruntime could not start the CUDA execution provider (active: "
+                f"{self.session.get_providers()}); check the CUDA/cuDNN libraries onnxruntime-gpu needs"
+            )
+
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        missing = [n for n in INPUT_NAMES if n not in inputs]
+        if missing:
+            raise ValueError(f"{self.onnx_path} is not a CoupAlign graph: it lacks the inputs {missing}")
+        shape = inputs["images"].shape
+        if not all(isinstance(d, int) for d in shape):
+            raise ValueError(f"{self.onnx_path} has a dynamic images shape {shape}; export with fixed shapes")
+        self.batch_size, _, self.image_size, _ = (int(d) for d in shape)
+        self.max_tokens = int(inputs["input_ids"].shape[1])
+        outputs = [o.name for o in self.session.get_outputs()]
+        if LOGITS not in outputs:
+            raise ValueError(f"{self.onnx_path} is not a CoupAlign graph: outputs {outputs} lack {LOGITS!r}")
+        self.has_presence_head = PRESENCE_LOGITS in outputs
+        self._output_names = [LOGITS, PRESENCE_LOGITS] if self.has_presence_head else [LOGITS]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The graph's ``metadata_props`` (model config and tokenizer, see export.py)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def describe(self) -> str:
+        spin = "spinning" if self.allow_spinning else "no spinning"
+        return (
+            f"onnxruntime {self.session.get_providers()[0]}, {self.precision}, batch {self.batch_size}, "
+            f"{self.num_threads} threads, {spin}"
+        )
+
+    def __call__(
+        self, images: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> BackendOutput:
+        self.check_inputs(images, input_ids, attention_mask)
+        feeds = {
+            "images": np.ascontiguousarray(images, dtype=np.float32),
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+        }
+        outs = self.session.run(self._output_names, feeds)
+        logits = np.asarray(outs[0], dtype=np.float32)  # (B,1,S,S)
+        presence = np.asarray(outs[1], dtype=np.float32) if self.has_presence_head else None  # (B,)
+        return BackendOutput(logits=logits, presence_logits=presence)

@@ -1,0 +1,99 @@
+"""PyTorch backend: eager or ``torch.compile``d, CPU or CUDA, fp32 / fp16 / bf16."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..graph import InferenceGraph
+from .base import BackendOutput, InferenceBackend, check_precision
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def cuda_required_error(what: str) -> RuntimeError:
+    return RuntimeError(
+        f"{what} needs an NVIDIA GPU with CUDA, but torch.cuda.is_available() is False "
+        f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); install a CUDA build of "
+        "torch (https://pytorch.org/get-started/locally/) on a machine with a GPU and driver, "
+        "or use device='cpu'"
+    )
+
+
+class TorchBackend(InferenceBackend):
+    """Runs the model itself.
+
+    precision: ``fp32``; ``fp16``/``bf16`` either under autocast (``precision_mode="autocast"``:
+    LayerNorm, softmax and reductions stay fp32, the safe default) or with the weights cast
+    (``"cast"``: every op in half precision, fewer casts, faster at batch 1 on a GPU).
+    ``compile=True`` wraps the graph in ``torch.compile(mode=compile_mode)``; the first call
+    then compiles (tens of seconds to minutes).
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str = "cpu",
+        precision: str = "fp32",
+        precision_mode: str = "autocast",
+        compile: bool = False,
+        compile_mode: Optional[str] = None,
+    ):
+        self.precision = check_precision(precision)
+        if precision_mode not in ("autocast", "cast"):
+            raise ValueError(f"precision_mode must be 'autocast' or 'cast', got {precision_mode!r}")
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise cuda_required_error("the torch backend on device='cuda'")
+        self.device = device
+        self._torch_device = torch.device(device)
+        self.precision_mode = precision_mode
+        self.image_size = int(model.config.image_size)
+        self.max_tokens = int(model.config.max_tokens)
+        self.batch_size = None
+        self._dtype = _DTYPES[precision]
+        model = model.eval().to(self._torch_device)
+        if precision != "fp32" and precision_mode == "cast":
+            model = model.to(self._dtype)
+        self.graph: nn.Module = InferenceGraph(model)
+        self.has_presence_head = self.graph.has_presence_head
+        self.compiled = compile
+        if compile:
+            self.graph = torch.compile(self.graph, mode=compile_mode)
+        # Images go in as the weights' dtype when the weights were cast; autocast handles the rest.
+        self._input_dtype = self._dtype if precision_mode == "cast" else torch.float32
+
+    def describe(self) -> str:
+        mode = f" ({self.precision_mode})" if self.precision != "fp32" else ""
+        compiled = ", torch.compile" if self.compiled else ", eager"
+        return f"torch on {self.device}, {self.precision}{mode}{compiled}"
+
+    def _autocast(self):
+        if self.precision == "fp32" or self.precision_mode == "cast":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self._torch_device.type, dtype=self._dtype)
+
+    def __call__(
+        self, images: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> BackendOutput:
+        self.check_inputs(images, input_ids, attention_mask)
+        dev = self._torch_device
+        non_blocking = dev.type == "cuda"
+        with torch.inference_mode(), self._autocast():
+            x = torch.from_numpy(images).to(dev, dtype=self._input_dtype, non_blocking=non_blocking)
+            ids = torch.from_numpy(input_ids).to(dev, non_blocking=non_blocking)
+            mask = torch.from_numpy(attention_mask).to(dev, non_blocking=non_blocking)
+            outs = self.graph(x, ids, mask)
+            logits = outs[0].float().cpu().numpy()  # (B,1,S,S); .cpu() synchronises
+            presence = outs[1].float().cpu().numpy() if len(outs) > 1 else None  # (B,)
+        return BackendOutput(logits=logits, presence_logits=presence)

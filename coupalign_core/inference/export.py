@@ -1,0 +1,277 @@
+"""ONNX export of a CoupAlign with fixed shapes, and the metadata that makes the file self-contained.
+
+The exported graph (see ``graph.py``) has inputs ``images`` (B,3,S,S) float32, ``input_ids`` and
+``attention_mask`` (B,T) int64, and outputs ``logits`` (B,1,S,S) and, with a presence head,
+``presence_logits`` (B,). Shapes are fixed: TensorRT fuses static shapes best, and the legacy
+exporter bakes attention reshapes so dynamic axes would fail at run time anyway.
+
+An ``.onnx`` file alone is enough to run the Segmenter: its ``metadata_props`` carry
+
+    coupalign.format      "coupalign-onnx/1"
+    coupalign.config      the CoupAlignConfig as JSON
+    coupalign.tokenizer   the tokenizer state (vocabulary in id order, casing) as JSON
+    coupalign.batch_size, coupalign.opset, coupalign.exporter, coupalign.precision,
+    coupalign.source_sha256 (hash of the weights it came from), coupalign.torch_version
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import atomic_write_bytes, default_cache_dir, key_digest, model_sha256, sha256_file
+from .graph import INPUT_NAMES, InferenceGraph, output_names
+
+log = logging.getLogger(__name__)
+
+FORMAT = "coupalign-onnx/1"
+EXPORTERS = ("dynamo", "legacy")
+DEFAULT_OPSET = 18
+# Sentences for the example inputs: short ones, so the export traces the padded path (the graph
+# is static, but the verification below then exercises attention masks with zeros).
+_EXAMPLE_SENTENCES = ("the cup on the left", "a small red box next to the green ball", "dog", "the man")
+
+
+@dataclass
+class OnnxModelInfo:
+    """What ``metadata_props`` says about an exported CoupAlign graph."""
+
+    config: Any  # CoupAlignConfig
+    tokenizer: Any  # TextTokenizer
+    batch_size: int
+    opset: int
+    exporter: str
+    precision: str
+    source_sha256: str
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "the ONNX file") -> "OnnxModelInfo":
+        from ..model import CoupAlignConfig
+        from ..model.tokenization import TextTokenizer
+
+        if props.get("coupalign.format") != FORMAT:
+            raise ValueError(
+                f"{source} carries no CoupAlign metadata (metadata_props coupalign.format is "
+                f"{props.get('coupalign.format')!r}, expected {FORMAT!r}); export it with "
+                "`coupalign export --format onnx`"
+            )
+        return cls(
+            config=CoupAlignConfig.from_dict(json.loads(props["coupalign.config"])),
+            tokenizer=TextTokenizer.from_state(json.loads(props["coupalign.tokenizer"])),
+            batch_size=int(props["coupalign.batch_size"]),
+            opset=int(props.get("coupalign.opset", DEFAULT_OPSET)),
+            exporter=props.get("coupalign.exporter", "unknown"),
+            precision=props.get("coupalign.precision", "fp32"),
+            source_sha256=props.get("coupalign.source_sha256", ""),
+        )
+
+
+def read_onnx_info(path: str | os.PathLike) -> OnnxModelInfo:
+    """Config and tokenizer of an exported file, read without loading the weights' data."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ValueError(f"{path} could not be read as an ONNX model: {e}") from e
+    return OnnxModelInfo.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+
+
+def example_inputs(config, tokenizer, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Deterministic (images, input_ids, attention_mask) with padded sentences."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=g)
+    sentences = [_EXAMPLE_SENTENCES[i % len(_EXAMPLE_SENTENCES)] for i in range(batch_size)]
+    ids, mask = tokenizer(sentences, config.max_tokens)
+    return images, torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """The model in eval mode on the CPU, copied when it lives elsewhere (the caller's stays put)."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).to("cpu")
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporters' tracer warnings and optimizer chatter say nothing actionable here."""
+    names = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "torch._export")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export_proto(graph: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, exporter: str, names: tuple[str, ...]):
+    import onnx
+
+    if exporter == "dynamo":
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                graph, inputs, dynamo=True, opset_version=opset,
+                input_names=list(INPUT_NAMES), output_names=list(names), optimize=True, verbose=False,
+            )
+        return program.model_proto
+    import io
+
+    buf = io.BytesIO()
+    with _quiet_exporter():
+        torch.onnx.export(
+            graph, inputs, buf, dynamo=False, opset_version=opset,
+            input_names=list(INPUT_NAMES), output_names=list(names), do_constant_folding=True,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_onnx(
+    model: nn.Module,
+    tokenizer,
+    out_path: str | os.PathLike,
+    *,
+    batch_size: int = 1,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    verify: bool = True,
+    source_sha256: Optional[str] = None,
+) -> Path:
+    """Export ``model`` to ``out_path`` with fixed shapes (batch_size × S² images, T tokens).
+
+    ``exporter="dynamo"`` (default) uses ``torch.onnx.export(dynamo=True)`` with onnxscript's
+    optimizer: on the tiny preset its graph has ~3× fewer nodes than the legacy exporter's and
+    runs ~2.5× faster in onnxruntime; ``"legacy"`` is the TorchScript exporter (faster to
+    export, kept as a fallback). The ONNX checker runs on the result; with ``verify`` the graph
+    is run in onnxruntime and compared with torch (max-abs difference logged).
+    """
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
+    out_path = Path(out_path)
+    config = model.config
+    model = _on_cpu(model)
+    graph = InferenceGraph(model).eval()
+    names = output_names(graph.has_presence_head)
+    inputs = example_inputs(config, tokenizer, batch_size)
+    log.info("exporting %s to ONNX (opset %d, batch %d, %s exporter)", type(model).__name__, opset, batch_size, exporter)
+    proto = _export_proto(graph, inputs, opset, exporter, names)
+
+    props = {
+        "coupalign.format": FORMAT,
+        "coupalign.config": json.dumps(config.to_dict()),
+        "coupalign.tokenizer": json.dumps(tokenizer.to_state()),
+        "coupalign.batch_size": str(batch_size),
+        "coupalign.opset": str(opset),
+        "coupalign.exporter": exporter,
+        "coupalign.precision": "fp32",
+        "coupalign.source_sha256": source_sha256 or model_sha256(model),
+        "coupalign.torch_version": torch.__version__,
+    }
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    proto.producer_name = "coupalign"
+    onnx.checker.check_model(proto)
+    atomic_write_bytes(out_path, proto.SerializeToString())
+    log.info("wrote %s (%.1f MB)", out_path, out_path.stat().st_size / 1e6)
+    if verify:
+        diff = verify_onnx(model, tokenizer, out_path, inputs)
+        level = logging.INFO if diff <= 1e-4 else logging.WARNING
+        log.log(level, "onnxruntime vs torch on the example inputs: max-abs difference %.2e", diff)
+    return out_path
+
+
+def verify_onnx(model: nn.Module, tokenizer, onnx_path: str | os.PathLike, inputs=None) -> float:
+    """Max-abs difference between onnxruntime (CPU) and torch fp32 over every output."""
+    from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(onnx_path, device="cpu")
+    if inputs is None:
+        inputs = example_inputs(model.config, tokenizer, backend.batch_size)
+    graph = InferenceGraph(_on_cpu(model))
+    with torch.inference_mode():
+        expected = [t.float().numpy() for t in graph(*inputs)]
+    got = backend(*(t.numpy() for t in inputs))
+    diffs = [float(np.abs(got.logits - expected[0]).max())]
+    if got.presence_logits is not None:
+        diffs.append(float(np.abs(got.presence_logits - expected[1]).max()))
+    return max(diffs)
+
+
+def cached_onnx(
+    model: nn.Module,
+    tokenizer,
+    *,
+    batch_size: int = 1,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    cache_dir: Optional[str | os.PathLike] = None,
+    source_sha256: Optional[str] = None,
+) -> Path:
+    """The exported ONNX of ``model``, exporting into ``cache_dir/onnx`` only on a cache miss.
+
+    The key covers the weights' hash, the tokenizer, batch, opset, exporter and torch version,
+    so a changed model or exporter never reuses a stale file.
+    """
+    sha = source_sha256 or model_sha256(model)
+    key = key_digest(
+        {"weights": sha, "tokenizer": tokenizer.to_state(), "batch": batch_size, "opset": opset,
+         "exporter": exporter, "torch": torch.__version__, "format": FORMAT}
+    )
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"coupalign-b{batch_size}-{key[:20]}.onnx"
+    if path.is_file():
+        log.info("using cached ONNX export %s", path)
+        return path
+    return export_onnx(
+        model, tokenizer, path, batch_size=batch_size, opset=opset, exporter=exporter, verify=False,
+        source_sha256=sha,
+    )
+
+
+def cached_low_precision_onnx(
+    onnx_path: str | os.PathLike, precision: str, cache_dir: Optional[str | os.PathLike] = None
+) -> Path:
+    """fp16/bf16 version of an fp32 export (``onnx_precision``), cached beside the other exports.
+
+    fp32 returns ``onnx_path`` itself.
+    """
+    import onnx
+
+    from .onnx_precision import convert_float_precision
+
+    onnx_path = Path(onnx_path)
+    if precision == "fp32":
+        return onnx_path
+    key = key_digest({"source": sha256_file(onnx_path), "precision": precision, "format": FORMAT})
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{onnx_path.stem}-{precision}-{key[:12]}.onnx"
+    if path.is_file():
+        return path
+    log.info("converting %s to %s (LayerNorm/softmax kept in fp32)", onnx_path.name, precision)
+    converted = convert_float_precision(onnx.load(str(onnx_path)), precision)
+    atomic_write_bytes(path, converted.SerializeToString())
+    return path

@@ -1,0 +1,405 @@
+"""The Segmenter: one image and one sentence in, a mask, a score and a box out.
+
+This is the product's contract (the ROS node and the bag tools call it)::
+
+    seg = Segmenter.from_checkpoint("model.pt", backend="auto")
+    result = seg(image_rgb_uint8, "the red cup on the left")
+    result.mask   # (H, W) bool at the input image's size
+    result.score  # [0, 1]: presence_score (sigmoid of the presence head, or mask confidence)
+    result.found  # score >= threshold
+    result.bbox   # (x0, y0, x1, y1), x1/y1 exclusive, or None
+    result.timings  # ms: preprocess, inference, postprocess, total
+
+Pre-processing is the training pipeline's own ``preprocess_image`` (square resize + ImageNet
+normalisation) and the checkpoint's tokenizer. Post-processing upsamples the S×S logits to the
+image size with OpenCV's bilinear resize (the same half-pixel sampling as torch's
+``interpolate(mode="bilinear", align_corners=False)``, several times cheaper at 640×480 than
+a torch resize), then thresholds. When ``found`` is False the mask is cleared and ``bbox`` is
+None (``clear_mask_if_not_found``): a robot must not act on the mask of an object the model
+says is absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..data.transforms import preprocess_image
+from ..model.modeling import presence_score
+from .backends import BACKENDS, InferenceBackend, check_precision, choose_backend, probe_environment
+from .export import DEFAULT_OPSET, OnnxModelInfo, cached_low_precision_onnx, cached_onnx, read_onnx_info
+from .inputs import check_rgb_image
+
+log = logging.getLogger(__name__)
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+@dataclass
+class SegmentationResult:
+    mask: np.ndarray  # (H, W) bool at the input image's size
+    score: float  # in [0, 1], see presence_score
+    found: bool  # score >= the Segmenter's threshold
+    bbox: Optional[tuple[int, int, int, int]]  # (x0, y0, x1, y1), x1/y1 exclusive; None if empty
+    timings: dict[str, float] = field(default_factory=dict)  # ms: preprocess, inference, postprocess, total
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (the mask itself is left out)."""
+        return {
+            "score": self.score,
+            "found": self.found,
+            "bbox": list(self.bbox) if self.bbox is not None else None,
+            "area": self.area,
+            "height": int(self.mask.shape[0]),
+            "width": int(self.mask.shape[1]),
+            "timings": dict(self.timings),
+        }
+
+
+def mask_bbox(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
+    """Tight box (x0, y0, x1, y1) of a bool mask, x1/y1 exclusive; None when the mask is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(S, S) float32 logits -> (height, width), bilinear with half-pixel centres."""
+    if logits.shape == (height, width):
+        return logits
+    return cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _logit(p: float) -> float:
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"mask_threshold must be in (0, 1), got {p}")
+    return math.log(p / (1.0 - p))
+
+
+class Segmenter:
+    """Referring segmentation with any backend; see the module docstring for the contract.
+
+    Build it from an in-memory model (``Segmenter(model, tokenizer, backend=...)``), from a
+    checkpoint or an exported ``.onnx``/TensorRT engine (``Segmenter.from_checkpoint(path)``).
+
+    backend: ``"auto"`` (TensorRT, onnxruntime CUDA, torch CUDA, onnxruntime CPU: the choice and
+    its reason are logged), ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``. device: ``"cpu"``,
+    ``"cuda"`` or None (the GPU when there is one). precision: ``"fp32"``, ``"fp16"``, ``"bf16"``.
+    threshold: score at or above which ``found`` is True. mask_threshold: probability above
+    which a pixel is foreground.
+
+    Backend options: ``num_threads`` (onnxruntime intra-op threads; default the usable cores),
+    ``compile``/``compile_mode``/``precision_mode`` (torch), ``batch_size`` (the fixed batch of
+    exported graphs: ``batch()`` runs chunks of it), ``opset``/``exporter`` (the on-the-fly
+    export), ``cache_dir`` (exports and engines; default ``$COUPALIGN_CACHE_DIR`` or
+    ``~/.cache/coupalign``), ``workspace_gb`` (TensorRT builder memory).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        backend: str = "auto",
+        device: Optional[str] = None,
+        precision: str = "fp32",
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        clear_mask_if_not_found: bool = True,
+        num_threads: Optional[int] = None,
+        compile: bool = False,
+        compile_mode: Optional[str] = None,
+        precision_mode: str = "autocast",
+        batch_size: int = 1,
+        opset: int = DEFAULT_OPSET,
+        exporter: str = "dynamo",
+        cache_dir: Optional[str | os.PathLike] = None,
+        workspace_gb: float = 4.0,
+        model_sha256: Optional[str] = None,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_precision(precision)
+        name, device = _resolve(backend, device, precision, allow_torch=True)
+        export = dict(batch_size=batch_size, opset=opset, exporter=exporter, cache_dir=cache_dir, source_sha256=model_sha256)
+        impl: InferenceBackend
+        if name == "torch":
+            from .backends.torch_backend import TorchBackend
+
+            impl = TorchBackend(
+                model, device=device, precision=precision, precision_mode=precision_mode,
+                compile=compile, compile_mode=compile_mode,
+            )
+        elif name == "onnxruntime":
+            from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
+            onnx_path = cached_low_precision_onnx(cached_onnx(model, tokenizer, **export), precision, cache_dir)
+            impl = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision)
+        else:
+            from .backends.tensorrt_backend import TensorRTBackend
+
+            impl = TensorRTBackend(
+                cached_onnx(model, tokenizer, **export), precision=precision, cache_dir=cache_dir,
+                workspace_gb=workspace_gb,
+            )
+        self._setup(impl, tokenizer, model.config, threshold, mask_threshold, clear_mask_if_not_found)
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_backend(
+        cls,
+        backend: InferenceBackend,
+        tokenizer,
+        config,
+        *,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        clear_mask_if_not_found: bool = True,
+    ) -> "Segmenter":
+        """Wrap an already built backend (the benchmark uses this to share one export)."""
+        self = cls.__new__(cls)
+        self._setup(backend, tokenizer, config, threshold, mask_threshold, clear_mask_if_not_found)
+        return self
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        device: Optional[str] = None,
+        precision: Optional[str] = None,
+        threshold: float = 0.5,
+        **options: Any,
+    ) -> "Segmenter":
+        """From a training checkpoint (``.pt``), an exported ``.onnx`` or a TensorRT engine.
+
+        An ``.onnx`` carries its config and tokenizer in its metadata; an engine carries them
+        in the ``<engine>.json`` that ``coupalign export --format tensorrt`` writes beside it.
+        ``precision`` None means fp32, or for an engine the precision it was built for.
+        ``options`` are the keyword arguments of the constructor (checkpoints), ``from_onnx``
+        or ``from_engine``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        if path.suffix in ENGINE_SUFFIXES:
+            return cls.from_engine(path, backend=backend, device=device, precision=precision, threshold=threshold, **options)
+        precision = precision or "fp32"
+        if path.suffix == ".onnx":
+            return cls.from_onnx(path, backend=backend, device=device, precision=precision, threshold=threshold, **options)
+        from ..checkpoint import load_model
+
+        model, tokenizer, _ = load_model(path, map_location="cpu")
+        return cls(model, tokenizer, backend=backend, device=device, precision=precision, threshold=threshold, **options)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        device: Optional[str] = None,
+        precision: str = "fp32",
+        threshold: float = 0.5,
+        *,
+        mask_threshold: float = 0.5,
+        clear_mask_if_not_found: bool = True,
+        num_threads: Optional[int] = None,
+        cache_dir: Optional[str | os.PathLike] = None,
+        workspace_gb: float = 4.0,
+    ) -> "Segmenter":
+        """From an exported ``.onnx`` alone (onnxruntime or TensorRT; torch needs the checkpoint)."""
+        if backend == "torch":
+            raise ValueError("an .onnx file runs on backend 'onnxruntime' or 'tensorrt'; torch needs the checkpoint")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        info = read_onnx_info(path)
+        if info.precision != "fp32":
+            raise ValueError(f"{path} is already a {info.precision} graph; pass the fp32 export and precision=...")
+        name, device = _resolve(backend, device, check_precision(precision), allow_torch=False)
+        if name == "onnxruntime":
+            from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
+            onnx_path = cached_low_precision_onnx(path, precision, cache_dir)
+            impl: InferenceBackend = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision)
+        else:
+            from .backends.tensorrt_backend import TensorRTBackend
+
+            impl = TensorRTBackend(path, precision=precision, cache_dir=cache_dir, workspace_gb=workspace_gb)
+        return cls.from_backend(
+            impl, info.tokenizer, info.config, threshold=threshold, mask_threshold=mask_threshold,
+            clear_mask_if_not_found=clear_mask_if_not_found,
+        )
+
+    @classmethod
+    def from_engine(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "tensorrt",
+        device: Optional[str] = None,
+        precision: Optional[str] = None,
+        threshold: float = 0.5,
+        *,
+        mask_threshold: float = 0.5,
+        clear_mask_if_not_found: bool = True,
+    ) -> "Segmenter":
+        """From a TensorRT engine file and its ``<engine>.json`` (written by ``coupalign export``)."""
+        import json
+
+        from .backends.tensorrt_backend import TensorRTBackend
+
+        if backend not in ("auto", "tensorrt"):
+            raise ValueError(f"a TensorRT engine runs on backend 'tensorrt' only, got {backend!r}")
+        if device not in (None, "cuda"):
+            raise ValueError(f"a TensorRT engine runs on device 'cuda' only, got {device!r}")
+        path = Path(path)
+        sidecar = path.with_name(path.name + ".json")
+        if not sidecar.is_file():
+            raise FileNotFoundError(
+                f"{sidecar} (config and tokenizer of the engine) does not exist; "
+                "`coupalign export --format tensorrt` writes it beside the engine"
+            )
+        props = json.loads(sidecar.read_text())
+        info = OnnxModelInfo.from_props(props, source=str(sidecar))
+        built = props.get("coupalign.engine_precision", "fp32")
+        if precision is not None and precision != built:
+            raise ValueError(f"{path} was built for {built}, not {precision}; rebuild it with --precision {precision}")
+        impl = TensorRTBackend(engine_path=path, precision=built)
+        return cls.from_backend(
+            impl, info.tokenizer, info.config, threshold=threshold, mask_threshold=mask_threshold,
+            clear_mask_if_not_found=clear_mask_if_not_found,
+        )
+
+    def _setup(self, backend, tokenizer, config, threshold, mask_threshold, clear_mask_if_not_found) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if backend.image_size != config.image_size or backend.max_tokens != config.max_tokens:
+            raise ValueError(
+                f"the backend's graph is {backend.image_size}² with {backend.max_tokens} tokens but the "
+                f"config says {config.image_size}² with {config.max_tokens}"
+            )
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.config = config
+        self.threshold = float(threshold)
+        self.mask_threshold = float(mask_threshold)
+        self._mask_logit = _logit(mask_threshold)
+        self.clear_mask_if_not_found = clear_mask_if_not_found
+        log.info("Segmenter ready: %s", backend.describe())
+
+    # ---- properties -----------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.backend.image_size
+
+    @property
+    def max_tokens(self) -> int:
+        return self.backend.max_tokens
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    # ---- inference ------------------------------------------------------------------------------
+    def __call__(self, image: np.ndarray, text: str) -> SegmentationResult:
+        """One (H,W,3) uint8 RGB image and one sentence."""
+        return self.batch([image], [text])[0]
+
+    def batch(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[SegmentationResult]:
+        """Several (image, sentence) pairs, run as padded batches of the backend's batch size.
+
+        Every result carries the timings of the whole call.
+        """
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of sentences, got a single str")
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images but {len(texts)} sentences")
+        if not len(images):
+            return []
+        t0 = time.perf_counter()
+        images = [check_rgb_image(im, name=f"image {i}") for i, im in enumerate(images)]
+        pixels, input_ids, attention_mask = self.preprocess(images, texts)
+        t1 = time.perf_counter()
+        logits, presence = self._infer(pixels, input_ids, attention_mask)
+        t2 = time.perf_counter()
+        results = self.postprocess(logits, presence, [im.shape[:2] for im in images])
+        t3 = time.perf_counter()
+        timings = {
+            "preprocess": (t1 - t0) * 1e3,
+            "inference": (t2 - t1) * 1e3,
+            "postprocess": (t3 - t2) * 1e3,
+            "total": (t3 - t0) * 1e3,
+        }
+        for r in results:
+            r.timings = dict(timings)
+        return results
+
+    def preprocess(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> pixels (B,3,S,S) float32, input_ids/attention_mask (B,T) int64."""
+        input_ids, attention_mask = self.tokenizer(list(texts), self.max_tokens)
+        pixels = np.stack([preprocess_image(im, self.image_size) for im in images])
+        return pixels, input_ids, attention_mask
+
+    def _infer(self, pixels, input_ids, attention_mask) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Runs the backend in chunks of its fixed batch, padding the last chunk by repetition."""
+        n = pixels.shape[0]
+        step = self.backend.batch_size or n
+        logits, presence = [], []
+        for start in range(0, n, step):
+            idx = np.arange(start, min(start + step, n))
+            if idx.size < step:
+                idx = np.concatenate([idx, np.full(step - idx.size, idx[-1])])
+            out = self.backend(pixels[idx], input_ids[idx], attention_mask[idx])
+            keep = min(step, n - start)
+            logits.append(out.logits[:keep])
+            if out.presence_logits is not None:
+                presence.append(out.presence_logits[:keep])
+        return np.concatenate(logits), (np.concatenate(presence) if presence else None)
+
+    def postprocess(
+        self, logits: np.ndarray, presence_logits: Optional[np.ndarray], sizes: Sequence[tuple[int, int]]
+    ) -> list[SegmentationResult]:
+        """logits (B,1,S,S), presence_logits (B,) or None, sizes [(H, W)] -> results."""
+        scores = presence_score(
+            torch.from_numpy(logits), None if presence_logits is None else torch.from_numpy(presence_logits)
+        ).numpy()  # (B,)
+        results = []
+        for i, (h, w) in enumerate(sizes):
+            score = float(scores[i])
+            found = score >= self.threshold
+            if found or not self.clear_mask_if_not_found:
+                mask = upsample_logits(logits[i, 0], h, w) > self._mask_logit  # (H, W)
+            else:
+                mask = np.zeros((h, w), dtype=bool)
+            results.append(SegmentationResult(mask=mask, score=score, found=found, bbox=mask_bbox(mask)))
+        return results
+
+
+def _resolve(backend: str, device: Optional[str], precision: str, allow_torch: bool) -> tuple[str, str]:
+    """Backend name and device; ``auto`` asks ``choose_backend`` and logs its reason."""
+    if backend == "auto":
+        name, device, reason = choose_backend(device, precision, probe_environment(), allow_torch=allow_torch)
+        log.info("backend='auto' chose %s on %s: %s", name, device, reason)
+        return name, device
+    if backend == "tensorrt":
+        if device not in (None, "cuda"):
+            raise ValueError(f"the tensorrt backend runs on device 'cuda' only, got {device!r}")
+        return backend, "cuda"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return backend, device
