@@ -1,0 +1,185 @@
+"""Writes the synthetic benchmark in the refer layout, so :class:`ReferDataset` reads it like RefCOCO.
+
+::
+
+    <out_root>/synthetic/refs(unc).p        refs with sentences {sent_id, raw, sent, tokens, kind, no_target, query}
+    <out_root>/synthetic/instances.json     COCO images / annotations (polygon, or RLE when occluded) / categories
+    <out_root>/images/synthetic/*.png        the pictures (ReferDataset's default image_root for "synthetic")
+
+Image ``i`` depends only on ``(seed, i)``: the same seed gives byte-identical files, a larger
+``num_images`` extends the same world, and another seed gives a fresh one.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_utils
+from tqdm import tqdm
+
+from ..refer import DEFAULT_IMAGE_DIRS, NO_TARGET_ANN_ID, instances_path, refs_path
+from . import expressions as ex
+from .render import render
+from .world import COLORS, MIN_VISIBLE_FRACTION, PROFILES, SHAPES, SIZE_SCALE, Scene, polygon_to_coco, sample_scene
+
+log = logging.getLogger(__name__)
+
+DATASET = "synthetic"
+SPLIT_BY = "unc"
+GENERATOR_VERSION = 1
+# 192x144 (4:3 like most photos): resized to the tiny model's 96x96 a small object is still
+# >= 11 px wide and a location margin (8 % of the side) is ~8 px.
+DEFAULT_IMAGE_SIZE = (192, 144)
+DEFAULT_NO_TARGET_FRACTION = 0.1
+# Split of image i, by i mod 20: 80 % train, 10 % val, 5 % testA, 5 % testB (every split exists
+# from 4 images on). testA holds sparse scenes (3-6 objects), testB crowded ones (7-12).
+_SPLIT_PATTERN = ("val", "testA", "testB", "val") + ("train",) * 16
+SPLIT_PROFILES = {"train": "mixed", "val": "mixed", "testA": "sparse", "testB": "crowded"}
+REFS_PER_IMAGE = (2, 4)  # target refs per image, inclusive range (RefCOCO has ~2.5)
+SENTENCES_PER_REF = (2, 3)
+CATEGORY_IDS = {shape: i + 1 for i, shape in enumerate(SHAPES)}
+
+
+def split_of(index: int) -> str:
+    return _SPLIT_PATTERN[index % len(_SPLIT_PATTERN)]
+
+
+def image_file_name(image_id: int) -> str:
+    return f"synth_{image_id:06d}.png"
+
+
+def _segmentation(obj) -> tuple[Any, str]:
+    """Polygon when the whole shape is visible; compressed RLE of the visible part when occluded."""
+    if not obj.occluded:
+        return [polygon_to_coco(obj.polygon)], "polygon"
+    rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}, "rle"
+
+
+def _bbox(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def generate(
+    out_root: str | os.PathLike,
+    seed: int,
+    num_images: int,
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    no_target_fraction: float = DEFAULT_NO_TARGET_FRACTION,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Writes ``num_images`` scenes with their refs under ``out_root``; returns a summary dict.
+
+    ``image_size`` is (width, height). ``no_target_fraction`` is the expected share of refs that
+    name something absent from their image (kind ``no_target``, empty mask, ``ann_id`` -1).
+    """
+    width, height = (int(v) for v in image_size)
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if width < 64 or height < 48:
+        raise ValueError(f"image_size {width}x{height} is too small: objects need at least 64x48")
+    if not 0.0 <= no_target_fraction < 1.0:
+        raise ValueError(f"no_target_fraction must be in [0, 1), got {no_target_fraction}")
+    out_root = Path(out_root)
+    refs_file, inst_file = refs_path(out_root, DATASET, SPLIT_BY), instances_path(out_root, DATASET)
+    image_dir = out_root / DEFAULT_IMAGE_DIRS[DATASET]
+    old_images = sorted(image_dir.glob("synth_*.png")) if image_dir.is_dir() else []
+    if (refs_file.exists() or inst_file.exists() or old_images) and not overwrite:
+        raise ValueError(f"{out_root} already holds a synthetic benchmark ({refs_file}); pass overwrite=True (--overwrite) to replace it")
+    for path in [refs_file, inst_file, *old_images]:
+        path.unlink(missing_ok=True)
+    refs_file.parent.mkdir(parents=True, exist_ok=True)
+    image_dir.mkdir(parents=True, exist_ok=True)
+
+    images, annotations, refs = [], [], []
+    kinds: collections.Counter = collections.Counter()
+    per_split = {s: collections.Counter() for s in SPLIT_PROFILES}
+    stats = collections.Counter()
+    ref_id = sent_id = 0
+    extra_per_ref = no_target_fraction / (1.0 - no_target_fraction)
+    for index in tqdm(range(num_images), desc="synth", unit="img", disable=not progress, dynamic_ncols=True):
+        rng = np.random.default_rng([seed, index])
+        split = split_of(index)
+        image_id = index + 1
+        scene: Scene = sample_scene(rng, width, height, SPLIT_PROFILES[split])
+        picture = render(rng, scene)
+        file_name = image_file_name(image_id)
+        if not cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+            raise RuntimeError(f"could not write image {image_dir / file_name}")
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
+                       "split": split, "num_objects": len(scene.objects)})
+        for z, obj in enumerate(scene.objects):
+            segmentation, form = _segmentation(obj)
+            annotations.append({
+                "id": image_id * 100 + z, "image_id": image_id, "category_id": CATEGORY_IDS[obj.shape],
+                "segmentation": segmentation, "area": float(obj.area), "bbox": _bbox(obj.mask), "iscrowd": 0,
+                "attributes": {"shape": obj.shape, "color": obj.color, "size": obj.size},
+                "z_order": z, "full_area": obj.full_area, "occluded": obj.occluded,
+            })
+            stats["objects"] += 1
+            stats["occluded_objects"] += obj.occluded
+        looks = collections.Counter((o.shape, o.color) for o in scene.objects)
+        stats["images_with_3_alike"] += max(looks.values()) >= 3
+
+        num_refs = int(rng.integers(REFS_PER_IMAGE[0], REFS_PER_IMAGE[1] + 1))
+        expected_extra = num_refs * extra_per_ref
+        num_no_target = int(expected_extra) + int(rng.random() < expected_extra - int(expected_extra))
+        views = ex.scene_views(scene)
+        for spec in ex.make_refs(rng, views, num_refs=num_refs, sentences_per_ref=SENTENCES_PER_REF,
+                                 num_no_target=num_no_target):
+            ref_id += 1
+            ann_id = NO_TARGET_ANN_ID if spec.target is None else image_id * 100 + spec.target
+            sentences = []
+            for s in spec.sentences:
+                sent_id += 1
+                sentences.append({"sent_id": sent_id, "raw": s["raw"], "sent": s["sent"], "tokens": s["sent"].split(),
+                                  "kind": s["kind"], "no_target": s["no_target"], "query": s["query"]})
+                kinds[s["kind"]] += 1
+            refs.append({
+                "ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "category_id": CATEGORY_IDS[spec.shape],
+                "split": split, "file_name": f"synth_{image_id:06d}_{ann_id}.png",
+                "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences,
+            })
+            per_split[split]["refs"] += 1
+            per_split[split]["sentences"] += len(sentences)
+        per_split[split]["images"] += 1
+
+    info = {
+        "description": "CoupAlign synthetic referring segmentation benchmark",
+        "generator_version": GENERATOR_VERSION, "seed": int(seed), "num_images": int(num_images),
+        "image_size": [width, height], "no_target_fraction": float(no_target_fraction),
+        "split_profiles": {s: {"profile": p, "objects": PROFILES[p]} for s, p in SPLIT_PROFILES.items()},
+        "position_margin": ex.POSITION_MARGIN, "distance_ratio": ex.DISTANCE_RATIO,
+        "min_visible_fraction": MIN_VISIBLE_FRACTION, "size_scale": SIZE_SCALE, "colors": COLORS,
+    }
+    categories = [{"id": cid, "name": shape, "supercategory": "shape"} for shape, cid in CATEGORY_IDS.items()]
+    instances = {"info": info, "images": images, "annotations": annotations, "categories": categories}
+    # written last and atomically: a killed run leaves no refs file that points at missing images
+    _atomic_write(inst_file, json.dumps(instances, separators=(",", ":")).encode("utf-8"))
+    _atomic_write(refs_file, pickle.dumps(refs, protocol=4))
+    summary = {
+        "root": str(out_root), "refs_file": str(refs_file), "instances_file": str(inst_file), "image_dir": str(image_dir),
+        "seed": int(seed), "image_size": [width, height],
+        "splits": {s: dict(c) for s, c in per_split.items()},
+        "kinds": {k: kinds[k] for k in ex.KINDS if kinds[k]},
+        **{k: int(v) for k, v in stats.items()},
+    }
+    log.info("wrote %d images, %d refs, %d sentences under %s", num_images, len(refs), sent_id, out_root)
+    return summary
