@@ -22,9 +22,9 @@ import yaml
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 RELIABILITIES = ("best_effort", "reliable")
+DEVICES = ("cpu", "cuda")  # what the Segmenter accepts
 IMAGE_TRANSPORTS = ("raw", "compressed")
 
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 # rcl's rules for a topic name before expansion: tokens of [A-Za-z0-9_] (not starting with a digit)
 # separated by single slashes, optional leading '/' or '~/', substitutions in {}; no trailing slash.
 _TOPIC_TOKEN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})$")
@@ -62,10 +62,6 @@ def _topic(optional: bool) -> Callable[[Any], Optional[str]]:
         return None if problem is None else f"{value!r} is not a valid topic name: it {problem}"
 
     return check
-
-
-def _device(value: Any) -> Optional[str]:
-    return None if _DEVICE.match(value) else f"{value!r} is not a device: use cpu, cuda or cuda:N"
 
 
 def _existing_file_or_empty(value: Any) -> Optional[str]:
@@ -126,7 +122,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("checkpoint", "", "CoupAlign checkpoint (.pt) or exported model the Segmenter loads; "
               "required when the node is configured", check=_existing_file_or_empty, applies="configure"),
     ParamSpec("backend", "auto", "inference backend", choices=BACKENDS, applies="configure"),
-    ParamSpec("device", "cpu", "inference device: cpu, cuda or cuda:N", check=_device, applies="configure"),
+    ParamSpec("device", "cpu", "inference device", choices=DEVICES, applies="configure"),
     ParamSpec("precision", "fp32", "inference precision", choices=PRECISIONS, applies="configure"),
     ParamSpec("threshold", 0.5, "score at or above which the referred object counts as found",
               min=0.0, max=1.0),

@@ -39,7 +39,7 @@ def test_every_parameter_has_a_description_and_consistent_limits():
         ({"max_command_chars": 2.5}, "max_command_chars must be of type int, got float"),
         ({"backend": "tensorflow"}, "backend='tensorflow' is not one of auto, torch, onnxruntime, tensorrt"),
         ({"precision": "int4"}, "is not one of fp32, fp16, bf16"),
-        ({"device": "gpu"}, "'gpu' is not a device"),
+        ({"device": "gpu"}, "device='gpu' is not one of cpu, cuda"),
         ({"image_reliability": "sometimes"}, "is not one of best_effort, reliable"),
         ({"image_topic": ""}, "is empty"),
         ({"image_topic": "/camera//image"}, "contains '//'"),
@@ -61,7 +61,7 @@ def test_valid_changes_pass(tmp_path):
     model.write_bytes(b"x")
     good = {
         "threshold": 1,  # an int is a valid float
-        "device": "cuda:1",
+        "device": "cuda",
         "checkpoint": str(model),
         "image_topic": "~/image",
         "command_topic": "speech/text",
