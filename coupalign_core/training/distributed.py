@@ -140,6 +140,19 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, ctx: DistContext, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step each rank still
+    holds the statistics of its own last batch; evaluation and the final model must all use rank
+    0's (the ones the checkpoint stores). On GPUs SyncBatchNorm keeps them equal anyway.
+    """
+    if not ctx.is_distributed:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=src)
+
+
 class ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` that can start part-way through an epoch.
 

@@ -77,7 +77,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
                     betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    """AdamW over :func:`param_groups`; the fused kernel (one pass over each tensor, CPU and CUDA)
+    when every parameter is a float tensor on one such device: same maths, less time per step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = (len({p.device.type for p in params}) == 1 and params[0].device.type in ("cpu", "cuda")
+             and all(p.is_floating_point() for p in params))
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
+                             fused=fused)
 
 
 def poly_lr(step: int, base_lr: float, end_lr: float, decay_steps: int, power: float = 0.9,

@@ -48,6 +48,7 @@ from .distributed import (
     all_reduce_sum,
     any_rank,
     barrier,
+    broadcast_buffers,
     broadcast_object,
     init_distributed,
 )
@@ -379,6 +380,7 @@ class Trainer:
         try:
             self._start_outputs()
             stopped_by = self._train_loop()
+            broadcast_buffers(self.model, self.ctx)  # every rank ends with the checkpoint's model
             if stopped_by == "budget" and self.val_set is not None and self.last_val.get("step") != self.step:
                 self.evaluate()
             self.save("last.pt")
@@ -497,6 +499,7 @@ class Trainer:
         assert self.val_set is not None
         data, cfg = self.config.data, self.config.train
         t0 = time.monotonic()
+        broadcast_buffers(self.model, self.ctx)
         with preserved_rng():
             result = run_evaluation(
                 self.model, self.tokenizer, self.val_set,
