@@ -107,7 +107,7 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> n
         radii = np.where(np.arange(10) % 2 == 0, 1.3 * r, 0.6 * r)
         pts = np.stack([np.cos(t), np.sin(t)], 1) * radii[:, None]
     elif shape == "diamond":
-        pts = np.array([[0, -1.2 * r], [0.8 * r, 0], [0, 1.2 * r], [-0.8 * r, 0]])
+        pts = np.array([[0, -1.2 * r], [0.92 * r, 0], [0, 1.2 * r], [-0.92 * r, 0]])
     elif shape == "cross":
         a, b = 1.1 * r, 0.4 * r
         pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a],
