@@ -30,8 +30,7 @@ def pick_examples(ds: ReferDataset, per_kind: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     by_kind: dict[str, list[int]] = {k: [] for k in KINDS}
     for i in rng.permutation(len(ds)):
-        ri, si = ds._items[i]
-        kind = ds.refs[ri]["sentences"][si].get("kind")
+        kind = ds.ref_and_sentence(int(i))[1].get("kind")
         if kind in by_kind and len(by_kind[kind]) < per_kind:
             by_kind[kind].append(int(i))
     return [ds[i] for k in KINDS for i in by_kind[k]]

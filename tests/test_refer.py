@@ -316,6 +316,7 @@ def test_random_mode_draws_one_sentence_per_ref(refcoco):
     first = draws(ds, range(12))
     assert set(first) <= set(last["sent_ids"]) and len(set(first)) >= 3  # changes with the epoch
     assert draws(ds, range(12)) == first  # deterministic per (seed, epoch, index)
+    assert ds.ref_and_sentence(3)[1]["sent_id"] == ds[3]["sent_id"]  # the same draw, no image read
     again = ReferDataset(root, "refcoco", "unc", "train", sentences="random", seed=3)
     assert draws(again, range(12)) == first
     other = ReferDataset(root, "refcoco", "unc", "train", sentences="random", seed=4)

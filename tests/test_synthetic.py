@@ -232,8 +232,7 @@ def test_no_target_items_have_empty_masks(bench):
     ds = ReferDataset(root, "synthetic", "unc", "train")
     seen = 0
     for i in range(len(ds)):
-        ri, si = ds._items[i]
-        if ds.refs[ri]["sentences"][si]["kind"] != "no_target":
+        if ds.ref_and_sentence(i)[1]["kind"] != "no_target":
             continue
         item = ds[i]
         assert item["no_target"] and item["ann_id"] == -1 and not item["mask"].any()

@@ -276,7 +276,11 @@ class ReferDataset(Dataset):
         return len(self._items)
 
     def set_epoch(self, epoch: int) -> None:
-        """Selects the sentence drawn per ref in ``"random"`` mode (same epoch, same draw)."""
+        """Selects the sentence drawn per ref in ``"random"`` mode (same epoch, same draw).
+
+        DataLoader workers copy the data set when an epoch's iterator starts, so call this before
+        iterating; persistent workers (``persistent_workers=True``) would keep the old epoch.
+        """
         self.epoch = int(epoch)
 
     def _locate(self, index: int) -> tuple[int, int]:
@@ -288,6 +292,12 @@ class ReferDataset(Dataset):
         n = len(self.refs[index]["sentences"])
         draw = np.random.default_rng([self.seed, self.epoch, index]).integers(n) if n > 1 else 0
         return index, int(draw)
+
+    def ref_and_sentence(self, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The ref and sentence dicts behind item ``index``, without reading any image."""
+        ref_index, sent_index = self._locate(index)
+        ref = self.refs[ref_index]
+        return ref, ref["sentences"][sent_index]
 
     def image_path(self, image_id: int) -> Path:
         return self.image_root / self.images[image_id]["file_name"]
@@ -315,9 +325,7 @@ class ReferDataset(Dataset):
         return decode_segmentation(ann["segmentation"], height, width, where)
 
     def __getitem__(self, index: int) -> Any:
-        ref_index, sent_index = self._locate(index)
-        ref = self.refs[ref_index]
-        sent = ref["sentences"][sent_index]
+        ref, sent = self.ref_and_sentence(index)
         image_id, ann_id = int(ref["image_id"]), int(ref["ann_id"])
         no_target = bool(sent.get("no_target", False)) or ann_id == NO_TARGET_ANN_ID
         image = self.load_image(image_id)
