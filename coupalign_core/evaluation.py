@@ -26,7 +26,8 @@ Protocol and choices:
 
 * Inference under ``torch.inference_mode`` in batches (the model has no batch-dependent layer in
   eval mode, so batching does not change the masks). A pixel is foreground when
-  ``sigmoid(logit) >= threshold`` (0.5; LAVT's argmax of two classes is the same rule).
+  ``sigmoid(logit) >= threshold`` (0.5; LAVT's argmax over two classes is the same rule up to
+  exact ties, and ``presence_score`` counts foreground pixels the same way).
 * ``resolution="input"`` (default, LAVT): the prediction at the model's input size S×S against the
   ground truth resized to S×S with nearest neighbour (the same ``ReferTransform`` as training).
   ``"original"``: logits upsampled bilinearly to each image's original size, against the original
@@ -140,9 +141,7 @@ class _EvalItems(Dataset):
         item["no_target"] = bool(item.get("no_target", False))
         if index in self.sentence_of:
             item["sentence"] = self.sentence_of[index]
-        out = self.transform(item)
-        out["index"] = index
-        return out
+        return self.transform(item)
 
 
 def _sentence_sources(dataset, seed: int) -> dict[int, str]:
