@@ -127,8 +127,8 @@ def build_refer(root: Path, dataset: str = "refcoco", split_by: str = "unc", *, 
                          "bbox": [0, 0, 1, 1], "iscrowd": 0, "area": 1.0})
             ref_id = 10 * i + j
             sents = [
-                {"sent_id": 100 * ref_id + k, "raw": f"Thing {j} number {k} café", "sent": f"thing {j} number {k} cafe",
-                 "tokens": ["thing", str(j), "number", str(k)]}
+                {"sent_id": 100 * ref_id + k, "raw": f"Thing {j} number {k} café",
+                 "sent": f"thing {j} number {k} cafe", "tokens": ["thing", str(j), "number", str(k)]}
                 for k in range(1 + j)  # 1..4 sentences per ref
             ]
             refs.append({

@@ -40,7 +40,8 @@ def bench(tmp_path_factory):
 
 
 def file_digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_same_seed_same_files_other_seed_other_world(tmp_path):
@@ -125,7 +126,8 @@ def referents(query, objs, margin, ratio):
         return set()
     if sp["type"] in ("extreme", "ordinal"):
         rank = sp.get("rank", 1)
-        pos = {"left": lambda o: o[4], "right": lambda o: 1 - o[4], "top": lambda o: o[5], "bottom": lambda o: 1 - o[5]}[sp["dir"]]
+        pos = {"left": lambda o: o[4], "right": lambda o: 1 - o[4],
+               "top": lambda o: o[5], "bottom": lambda o: 1 - o[5]}[sp["dir"]]
         ranked = sorted(cands, key=pos)
         if len(ranked) < rank:
             return set()
@@ -187,7 +189,8 @@ def test_every_expression_has_exactly_its_referent(bench):
                 assert sp["type"] in ("extreme", "center")
                 if sp["type"] == "extreme":  # the resolver is not blind to words: the other end is another object
                     flipped = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[sp["dir"]]
-                    other = referents({"np": q["np"], "spatial": {"type": "extreme", "dir": flipped}}, objs, margin, ratio)
+                    flipped_query = {"np": q["np"], "spatial": {"type": "extreme", "dir": flipped}}
+                    other = referents(flipped_query, objs, margin, ratio)
                     assert other != got, (text, other)  # (or ill-posed: the far end may be a close call)
             elif kind == "ordinal":
                 assert sp["type"] == "ordinal" and ORDINAL_WORDS[sp["rank"]] in text and sp["dir"] in text

@@ -167,7 +167,9 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str =
         else:
             raise ValueError(f"{where}: RLE counts must be a list or a string, got {type(counts).__name__}")
     else:
-        raise ValueError(f"{where}: expected a polygon list or an RLE dict with counts and size, got {segmentation!r:.80}")
+        raise ValueError(
+            f"{where}: expected a polygon list or an RLE dict with counts and size, got {segmentation!r:.80}"
+        )
     with warnings.catch_warnings():  # pycocotools 2.0.x calls np.array(copy=False) under NumPy 2
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(rle).astype(bool)
@@ -242,7 +244,9 @@ class ReferDataset(Dataset):
             if image_id not in images:
                 raise ValueError(f"{inst_file} has no image with id {image_id} (ref_id {ref['ref_id']} of {refs_file})")
             if ann_id != NO_TARGET_ANN_ID and ann_id not in anns:
-                raise ValueError(f"{inst_file} has no annotation with id {ann_id} (ref_id {ref['ref_id']} of {refs_file})")
+                raise ValueError(
+                    f"{inst_file} has no annotation with id {ann_id} (ref_id {ref['ref_id']} of {refs_file})"
+                )
             if image_id in missing_images or not (self.image_root / images[image_id]["file_name"]).is_file():
                 missing_images.add(image_id)
                 if not skip_missing_images:
@@ -309,7 +313,9 @@ class ReferDataset(Dataset):
         image = read_image_rgb(path)
         expected = (int(info["height"]), int(info["width"]))
         if image.shape[:2] != expected:
-            raise ValueError(f"image {path} is {image.shape[1]}x{image.shape[0]}, instances.json says {expected[1]}x{expected[0]}")
+            raise ValueError(
+                f"image {path} is {image.shape[1]}x{image.shape[0]}, instances.json says {expected[1]}x{expected[0]}"
+            )
         return image
 
     def load_mask(self, ann_id: int, image_id: int) -> np.ndarray:
@@ -319,9 +325,9 @@ class ReferDataset(Dataset):
         if ann_id == NO_TARGET_ANN_ID:
             return np.zeros((height, width), dtype=bool)
         ann = self.annotations[ann_id]
-        if "segmentation" not in ann:
-            raise ValueError(f"annotation {ann_id} in {instances_path(self.data_root, self.dataset)} has no segmentation")
         where = f"annotation {ann_id} of {instances_path(self.data_root, self.dataset)}"
+        if "segmentation" not in ann:
+            raise ValueError(f"{where} has no segmentation")
         return decode_segmentation(ann["segmentation"], height, width, where)
 
     def __getitem__(self, index: int) -> Any:

@@ -62,10 +62,13 @@ SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little"), "large":
 ORDINAL_WORDS: dict[int, str] = {2: "second", 3: "third"}
 
 EXTREME_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "left": ("the leftmost {N}", "the {N} on the far left", "the {N} furthest to the left", "leftmost {N}", "{N} on the left"),
-    "right": ("the rightmost {N}", "the {N} on the far right", "the {N} furthest to the right", "rightmost {N}", "{N} on the right"),
+    "left": ("the leftmost {N}", "the {N} on the far left", "the {N} furthest to the left", "leftmost {N}",
+             "{N} on the left"),
+    "right": ("the rightmost {N}", "the {N} on the far right", "the {N} furthest to the right", "rightmost {N}",
+              "{N} on the right"),
     "top": ("the topmost {N}", "the {N} at the top", "the highest {N}", "top {N}", "the {N} nearest the top"),
-    "bottom": ("the bottommost {N}", "the {N} at the bottom", "the lowest {N}", "bottom {N}", "the {N} nearest the bottom"),
+    "bottom": ("the bottommost {N}", "the {N} at the bottom", "the lowest {N}", "bottom {N}",
+               "the {N} nearest the bottom"),
 }
 CENTER_TEMPLATES = ("the {N} closest to the center", "the {N} nearest the center of the image", "the most central {N}")
 ORDINAL_TEMPLATES = ("the {ord} {N} from the {dir}", "{ord} {N} from the {dir}", "the {N} {ord} from the {dir}")
@@ -172,7 +175,8 @@ def resolve(query: dict[str, Any], objects: list[ObjectView]) -> list[int] | Non
     if kind == "relation":
         rel = spatial["rel"]
         if rel == "near":
-            return _pick_nearest(cands, [float(np.hypot(objects[i].x - landmark.x, objects[i].y - landmark.y)) for i in cands])
+            dists = [float(np.hypot(objects[i].x - landmark.x, objects[i].y - landmark.y)) for i in cands]
+            return _pick_nearest(cands, dists)
         chosen = []
         for i in cands:
             o = objects[i]
@@ -301,9 +305,13 @@ def _no_location_text(rng: np.random.Generator, np_: dict[str, Any]) -> str:
     size = _choice(rng, SIZE_WORDS[np_["size"]]) if np_.get("size") else None
     color = np_.get("color")
     adjs = [a for a in (size, color) if a]
-    forms = [f"the only {shape}"] if not adjs else [f"the {shape} that is {' and '.join(adjs)}", f"{' '.join(adjs)} {shape}"]
+    if not adjs:
+        forms = [f"the only {shape}"]
+    else:
+        forms = [f"the {shape} that is {' and '.join(adjs)}", f"{' '.join(adjs)} {shape}"]
     if color:
-        forms += [f"the {size + ' ' if size else ''}{shape} colored {color}", f"{size + ' ' if size else ''}{shape} in {color}"]
+        sized = f"{size} {shape}" if size else shape
+        forms += [f"the {sized} colored {color}", f"{sized} in {color}"]
     return _choice(rng, forms)
 
 
@@ -356,7 +364,9 @@ class RefSpec:
     sentences: list[dict[str, Any]]  # {"kind", "raw", "sent", "query", "no_target"}
 
 
-def _sentence(rng: np.random.Generator, kind: str, query: dict[str, Any], no_target: bool = False) -> dict[str, Any] | None:
+def _sentence(
+    rng: np.random.Generator, kind: str, query: dict[str, Any], no_target: bool = False
+) -> dict[str, Any] | None:
     for _ in range(4):  # a few tries at a phrasing within MAX_WORDS
         sent = render_text(rng, kind, query)
         if len(sent.split()) <= MAX_WORDS:
@@ -368,7 +378,8 @@ def _sentence(rng: np.random.Generator, kind: str, query: dict[str, Any], no_tar
 def make_refs(rng: np.random.Generator, objects: list[ObjectView], *, num_refs: int, sentences_per_ref: tuple[int, int],
               num_no_target: int) -> list[RefSpec]:
     """Up to ``num_refs`` target refs (objects that share shape and colour with others are likelier) with
-    2-3 sentences each (kinds drawn by ``KIND_WEIGHTS`` among those that fit), plus ``num_no_target`` refs to absent things."""
+    2-3 sentences each (kinds drawn by ``KIND_WEIGHTS`` among those that fit), plus ``num_no_target``
+    refs to absent things."""
     same_look = [sum(o.shape == p.shape and o.color == p.color for p in objects) for o in objects]
     weights = np.array([4.0 if c >= 3 else 2.0 if c == 2 else 1.0 for c in same_look])
     order = rng.choice(len(objects), size=len(objects), replace=False, p=weights / weights.sum())

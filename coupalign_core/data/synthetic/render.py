@@ -18,7 +18,7 @@ BACKGROUND_PATTERNS = ("gradient", "stripes", "checkers", "clouds")
 
 def _muted_color(rng: np.random.Generator) -> np.ndarray:
     """A greyish RGB colour: saturation <= 0.22, value 0.45-0.9."""
-    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(0, 0.22) * 255, rng.uniform(0.45, 0.9) * 255]]], dtype=np.float32)
+    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(0, 0.22) * 255, rng.uniform(0.45, 0.9) * 255]]])
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 

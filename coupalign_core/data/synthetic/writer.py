@@ -102,7 +102,10 @@ def generate(
     image_dir = out_root / DEFAULT_IMAGE_DIRS[DATASET]
     old_images = sorted(image_dir.glob("synth_*.png")) if image_dir.is_dir() else []
     if (refs_file.exists() or inst_file.exists() or old_images) and not overwrite:
-        raise ValueError(f"{out_root} already holds a synthetic benchmark ({refs_file}); pass overwrite=True (--overwrite) to replace it")
+        raise ValueError(
+            f"{out_root} already holds a synthetic benchmark ({refs_file}); "
+            "pass overwrite=True (--overwrite) to replace it"
+        )
     for path in [refs_file, inst_file, *old_images]:
         path.unlink(missing_ok=True)
     refs_file.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,8 @@ def generate(
     _atomic_write(inst_file, json.dumps(instances, separators=(",", ":")).encode("utf-8"))
     _atomic_write(refs_file, pickle.dumps(refs, protocol=4))
     summary = {
-        "root": str(out_root), "refs_file": str(refs_file), "instances_file": str(inst_file), "image_dir": str(image_dir),
+        "root": str(out_root), "refs_file": str(refs_file), "instances_file": str(inst_file),
+        "image_dir": str(image_dir),
         "seed": int(seed), "image_size": [width, height],
         "splits": {s: dict(c) for s, c in per_split.items()},
         "kinds": {k: kinds[k] for k in ex.KINDS if kinds[k]},

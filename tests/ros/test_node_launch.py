@@ -1,0 +1,284 @@
+"""The coupalign node on a real ROS 2: started through launch/coupalign.launch.py with launch_pytest.
+
+Needs rclpy, launch_pytest and a built and sourced workspace with coupalign_ros and
+coupalign_interfaces (docs/ros.md); without them (CI) the whole module is skipped. Each test
+builds a tiny random CoupAlign checkpoint (CPU, torch backend), launches the node with it, talks
+to it as a client would and checks the outputs:
+
+- lifecycle driven from the test: configure, activate, deactivate, cleanup; a bad model file
+  fails configure with the reason on /diagnostics;
+- camera images + a command -> ~/result (header copied from the image), ~/mask (mono8),
+  ~/overlay, /diagnostics; the ~/segment service with and without an image;
+- a malformed image is rejected and counted, and the node keeps serving;
+- a node that starts after the command was published still gets it (transient local).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed; these tests run on a ROS machine")
+launch_pytest = pytest.importorskip("launch_pytest", reason="launch_pytest is not installed")
+
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory  # noqa: E402
+
+try:
+    SHARE = Path(get_package_share_directory("coupalign_ros"))
+    get_package_share_directory("coupalign_interfaces")
+except PackageNotFoundError:  # pragma: no cover - depends on the machine
+    pytest.skip("coupalign_ros/coupalign_interfaces are not built and sourced (docs/ros.md)", allow_module_level=True)
+
+import launch  # noqa: E402
+from coupalign_interfaces.msg import ReferringSegmentation  # noqa: E402
+from coupalign_interfaces.srv import Segment  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from launch.actions import IncludeLaunchDescription  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+NODE = "/coupalign"
+IMAGE_TOPIC = "/test_camera/image"
+COMMAND_TOPIC = "/test/command"
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+WAIT_S = 90.0  # the node imports torch and builds the model on a shared CPU
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from coupalign_core.checkpoint import save_checkpoint
+    from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
+
+    config = CoupAlignConfig.preset("tiny")
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", CoupAlign(config).eval(),
+                           build_tokenizer(config))
+
+
+def node_launch(checkpoint: Path | str, autostart: bool) -> launch.LaunchDescription:
+    include = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(SHARE / "launch" / "coupalign.launch.py")),
+        launch_arguments={
+            "checkpoint": str(checkpoint), "backend": "torch", "device": "cpu",
+            "image_topic": IMAGE_TOPIC, "command_topic": COMMAND_TOPIC, "publish_overlay": "true",
+            "max_frame_age_s": "0", "autostart": "true" if autostart else "false",
+        }.items(),
+    )
+    return launch.LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
+
+
+class Client:
+    """A test-side rclpy node spun on a background thread, recording what the node publishes."""
+
+    def __init__(self) -> None:
+        rclpy.init()
+        self.node = rclpy.create_node("coupalign_test_client")
+        self.received: dict[str, list[Any]] = {"result": [], "mask": [], "overlay": [], "diagnostics": []}
+        n = self.node
+        n.create_subscription(ReferringSegmentation, f"{NODE}/result", self._keep("result"), 10)
+        n.create_subscription(Image, f"{NODE}/mask", self._keep("mask"), 10)
+        n.create_subscription(Image, f"{NODE}/overlay", self._keep("overlay"), 10)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._keep("diagnostics"), 10)
+        self.images = n.create_publisher(Image, IMAGE_TOPIC, 10)
+        self.commands = n.create_publisher(String, COMMAND_TOPIC, LATCHED)
+        self.get_state = n.create_client(GetState, f"{NODE}/get_state")
+        self.change_state = n.create_client(ChangeState, f"{NODE}/change_state")
+        self.segment = n.create_client(Segment, f"{NODE}/segment")
+        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor.add_node(n)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.stamps: list[tuple[int, int]] = []
+
+    def _keep(self, key: str) -> Callable[[Any], None]:
+        def store(msg: Any) -> None:
+            self.received[key].append(msg)
+        return store
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = WAIT_S, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()  # reads lists that callbacks only append to
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def call(self, client, request, timeout: float = WAIT_S):
+        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert future.done(), f"{client.srv_name} did not answer"
+        return future.result()
+
+    def state(self) -> str:
+        return self.call(self.get_state, GetState.Request()).current_state.label
+
+    def transition(self, transition_id: int) -> bool:
+        return self.call(self.change_state, ChangeState.Request(transition=Transition(id=transition_id))).success
+
+    def image(self, width: int = 64, height: int = 48, *, encoding: str = "rgb8", step: int | None = None) -> Image:
+        msg = Image()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.header.frame_id = "test_camera"
+        msg.height, msg.width, msg.encoding = height, width, encoding
+        msg.step = width * 3 if step is None else step
+        pixels = np.zeros((height, msg.step), np.uint8)
+        pixels[height // 4: height // 2, : msg.step // 2] = 200
+        msg.data = pixels.tobytes()
+        return msg
+
+    def publish_images(self, seconds: float, **kwargs: Any) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            msg = self.image(**kwargs)
+            self.images.publish(msg)
+            self.stamps.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
+            time.sleep(0.1)
+
+    def diagnostics(self) -> dict[str, str] | None:
+        """The key/values of the coupalign node's latest diagnostic status (None before one)."""
+        for array in reversed(self.received["diagnostics"]):
+            for status in array.status:
+                if status.name.startswith("coupalign"):
+                    values = {kv.key: kv.value for kv in status.values}
+                    values["_message"], values["_level"] = status.message, int.from_bytes(status.level, "little") \
+                        if isinstance(status.level, bytes) else int(status.level)
+                    return values
+        return None
+
+
+@pytest.fixture
+def client():
+    c = Client()
+    yield c
+    c.close()
+
+
+# ---- lifecycle, outputs, service, diagnostics, malformed input -----------------------------------
+@launch_pytest.fixture
+def managed_node(checkpoint):
+    return node_launch(checkpoint, autostart=False)
+
+
+@pytest.mark.launch(fixture=managed_node)
+def test_lifecycle_outputs_service_diagnostics_and_bad_images(client):
+    assert client.state() == "unconfigured"
+    assert client.transition(Transition.TRANSITION_CONFIGURE)
+    assert client.state() == "inactive"
+    assert client.transition(Transition.TRANSITION_ACTIVATE)
+    assert client.state() == "active"
+
+    client.commands.publish(String(data="the bright band"))
+    client.wait_for(lambda: client.images.get_subscription_count() > 0, what="the node's image subscription")
+    sender = threading.Thread(target=client.publish_images, args=(4.0,))
+    sender.start()
+    result = client.wait_for(lambda: client.received["result"][-1] if client.received["result"] else None,
+                             what="a result")
+    sender.join()
+    assert result.command == "the bright band" and result.command_id == 1
+    assert (result.header.stamp.sec, result.header.stamp.nanosec) in client.stamps  # copied from the image
+    assert result.header.frame_id == "test_camera"
+    assert (result.mask.width, result.mask.height, result.mask.encoding) == (64, 48, "mono8")
+    assert set(np.frombuffer(bytes(result.mask.data), np.uint8).tolist()) <= {0, 255}
+    assert 0.0 <= result.score <= 1.0 and result.latency_ms > 0
+    mask = client.wait_for(lambda: client.received["mask"][-1] if client.received["mask"] else None, what="~/mask")
+    assert mask.encoding == "mono8" and (mask.width, mask.height) == (64, 48)
+    overlay = client.wait_for(lambda: client.received["overlay"][-1] if client.received["overlay"] else None,
+                              what="~/overlay")
+    assert overlay.encoding == "rgb8" and (overlay.width, overlay.height) == (64, 48)
+
+    # ~/segment: on the latest camera image, on an image in the request, and a refused request
+    latest = client.call(client.segment, Segment.Request(text="the dark part"))
+    assert latest.success and latest.result.command == "the dark part" and latest.result.command_id == 0
+    assert (latest.result.mask.width, latest.result.mask.height) == (64, 48)
+    given = client.call(client.segment, Segment.Request(text="the dark part", image=client.image(40, 30)))
+    assert given.success and (given.result.mask.width, given.result.mask.height) == (40, 30)
+    empty = client.call(client.segment, Segment.Request(text="   "))
+    assert not empty.success and "empty" in empty.message
+
+    # malformed images are rejected and counted; the node keeps serving
+    client.images.publish(client.image(step=10))  # step < width * 3
+    client.images.publish(client.image(encoding="yuv422"))
+    before = len(client.received["result"])
+    client.publish_images(3.0)
+    client.wait_for(lambda: len(client.received["result"]) > before, what="results after malformed images")
+    assert client.state() == "active"
+    diag = client.wait_for(lambda: (d := client.diagnostics()) and int(d.get("rejected_image", 0)) >= 2 and d,
+                           what="/diagnostics counting the rejected images")
+    for key in ("backend", "model", "inference_rate_hz", "latency_ms_p50", "frames_dropped", "messages_rejected"):
+        assert key in diag, key
+    assert diag["state"] == "active" and diag["command"] == "the bright band"
+    assert float(diag["latency_ms_p50"]) > 0
+
+    # deactivate stops the results; cleanup returns to unconfigured
+    assert client.transition(Transition.TRANSITION_DEACTIVATE)
+    assert client.state() == "inactive"
+    time.sleep(0.5)
+    count = len(client.received["result"])
+    client.publish_images(1.5)
+    assert len(client.received["result"]) == count
+    assert client.transition(Transition.TRANSITION_CLEANUP)
+    assert client.state() == "unconfigured"
+
+
+# ---- a model file that is not a checkpoint fails configure with the reason -----------------------
+@launch_pytest.fixture
+def node_with_junk_model(tmp_path_factory):
+    junk = tmp_path_factory.mktemp("junk") / "junk.pt"
+    junk.write_bytes(b"not a model")
+    return node_launch(junk, autostart=False)
+
+
+@pytest.mark.launch(fixture=node_with_junk_model)
+def test_configure_fails_clearly_on_a_bad_model_file(client):
+    assert client.state() == "unconfigured"
+    assert not client.transition(Transition.TRANSITION_CONFIGURE)
+    assert client.state() == "unconfigured"
+    diag = client.wait_for(lambda: (d := client.diagnostics()) and "could not load" in d["_message"] and d,
+                           what="/diagnostics with the configure error")
+    assert "junk.pt" in diag["_message"] and diag["_level"] == 2  # ERROR
+
+
+# ---- a late node gets the command that was published before it started --------------------------
+@pytest.fixture
+def early_command(client):
+    client.commands.publish(String(data="published before the node existed"))
+    return client
+
+
+@launch_pytest.fixture
+def late_node(early_command, checkpoint):
+    return node_launch(checkpoint, autostart=True)
+
+
+@pytest.mark.launch(fixture=late_node)
+def test_late_node_gets_the_last_command(early_command):
+    client = early_command
+    client.wait_for(lambda: client.images.get_subscription_count() > 0, what="the node's image subscription")
+    client.wait_for(lambda: client.state() == "active" or None, what="autostart to activate the node")
+    sender = threading.Thread(target=client.publish_images, args=(4.0,))
+    sender.start()
+    result = client.wait_for(lambda: client.received["result"][-1] if client.received["result"] else None,
+                             what="a result")
+    sender.join()
+    assert result.command == "published before the node existed"
