@@ -25,6 +25,7 @@ loading; this module only moves data between them and rclpy.
 
 from __future__ import annotations
 
+import array
 import collections
 import logging
 import sys
@@ -63,7 +64,8 @@ def _fill_image(msg: Image, fields: ImageFields, header) -> Image:
     msg.header = header
     msg.height, msg.width = fields.height, fields.width
     msg.encoding, msg.is_bigendian, msg.step = fields.encoding, fields.is_bigendian, fields.step
-    msg.data = fields.data
+    # array.array is rclpy's storage for uint8[]; assigning bytes would check every byte in Python
+    msg.data = array.array("B", fields.data)
     return msg
 
 

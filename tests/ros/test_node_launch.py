@@ -15,6 +15,7 @@ to it as a client would and checks the outputs:
 
 from __future__ import annotations
 
+import array
 import threading
 import time
 from pathlib import Path
@@ -144,7 +145,7 @@ class Client:
         msg.step = width * 3 if step is None else step
         pixels = np.zeros((height, msg.step), np.uint8)
         pixels[height // 4: height // 2, : msg.step // 2] = 200
-        msg.data = pixels.tobytes()
+        msg.data = array.array("B", pixels.tobytes())
         return msg
 
     def publish_images(self, seconds: float, **kwargs: Any) -> None:
