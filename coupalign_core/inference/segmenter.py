@@ -229,12 +229,17 @@ class Segmenter:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         info = read_onnx_info(path)
         if info.precision != "fp32":
-            raise ValueError(f"{path} is already a {info.precision} graph; pass the fp32 export and precision=...")
+            # A graph exported with --precision fp16/bf16 already computes in that precision.
+            if precision not in ("fp32", info.precision):
+                raise ValueError(f"{path} is a {info.precision} graph; it cannot run in {precision}")
+            precision = info.precision
         name, device = _resolve(backend, device, check_precision(precision), allow_torch=False)
+        if name == "tensorrt" and info.precision != "fp32":
+            raise ValueError(f"the tensorrt backend builds from the fp32 export; {path} is {info.precision}")
         if name == "onnxruntime":
             from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-            onnx_path = cached_low_precision_onnx(path, precision, cache_dir)
+            onnx_path = path if info.precision != "fp32" else cached_low_precision_onnx(path, precision, cache_dir)
             impl: InferenceBackend = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision)
         else:
             from .backends.tensorrt_backend import TensorRTBackend

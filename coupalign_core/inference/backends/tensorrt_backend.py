@@ -69,6 +69,14 @@ def require_tensorrt():
     return trt
 
 
+def require_tensorrt_and_cuda():
+    """TensorRT and a CUDA GPU, or a RuntimeError saying which is missing and what to install."""
+    trt = require_tensorrt()
+    if not torch.cuda.is_available():
+        raise cuda_required_error("the tensorrt backend")
+    return trt
+
+
 def tensorrt_available() -> bool:
     import importlib.util
 
@@ -301,9 +309,7 @@ class TensorRTBackend(InferenceBackend):
             raise ValueError(f"the tensorrt backend runs on device='cuda' only, got {device!r}")
         if (onnx_path is None) == (engine_path is None):
             raise ValueError("give exactly one of onnx_path (build or reuse a cached engine) and engine_path")
-        trt = require_tensorrt()
-        if not torch.cuda.is_available():
-            raise cuda_required_error("the tensorrt backend")
+        trt = require_tensorrt_and_cuda()
         self.device = device
         self._device = torch.device("cuda", device_id)
         self._trt = trt
@@ -374,3 +380,37 @@ class TensorRTBackend(InferenceBackend):
         return BackendOutput(
             logits=logits.numpy(), presence_logits=None if presence is None else presence.numpy()
         )
+
+
+def export_engine(
+    onnx_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    precision: str = "fp16",
+    cache_dir: Optional[str | os.PathLike] = None,
+    workspace_gb: float = 4.0,
+    device_id: int = 0,
+) -> Path:
+    """Build (or take from the cache) the engine of an fp32 export and copy it to ``out_path``.
+
+    Writes ``<out_path>.json`` beside it: the ONNX's CoupAlign metadata plus the engine's
+    precision and TensorRT version, which ``Segmenter.from_engine`` reads.
+    """
+    import json
+    import shutil
+
+    import onnx
+
+    backend = TensorRTBackend(onnx_path, precision=precision, cache_dir=cache_dir, workspace_gb=workspace_gb,
+                              device_id=device_id)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(backend.engine_path, out_path)
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    props.update({
+        "coupalign.engine_precision": precision,
+        "coupalign.tensorrt_version": backend._trt.__version__,
+        "coupalign.gpu": torch.cuda.get_device_name(device_id),
+    })
+    atomic_write_bytes(out_path.with_name(out_path.name + ".json"), json.dumps(props).encode())
+    return out_path

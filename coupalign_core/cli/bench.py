@@ -1,0 +1,81 @@
+"""Latency benchmark of one inference backend on a synthetic camera frame.
+
+Prints the median, p90 and p99 latency of each stage (preprocess, inference, postprocess) and end
+to end, the FPS and the peak memory (process RSS on the CPU, torch.cuda.max_memory_allocated on
+the GPU), and writes them with the machine's description as JSON (--json). --preset benchmarks
+a randomly initialised model of that preset (latency does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint (.pt), exported .onnx or TensorRT engine")
+    source.add_argument("--preset", choices=("tiny", "small", "paper"), help="random-init model of a preset")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the GPU when there is one")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--image-size", default="640x480", metavar="WxH", help="camera frame size (default %(default)s)")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per call (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: usable cores)")
+    parser.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
+    parser.add_argument("--text", default=None, help="sentence to segment (default: a fixed 9-word sentence)")
+    parser.add_argument("--cache-dir", default=None, help="ONNX/engine cache (default ~/.cache/coupalign)")
+    parser.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference.bench import (
+        DEFAULT_TEXT, benchmark, format_table, machine_info, parse_image_size, synthetic_frame, timestamp, write_json,
+    )
+
+    width, height = parse_image_size(args.image_size)
+    if args.runs < 1:
+        raise ValueError(f"--runs must be >= 1, got {args.runs}")
+    options = dict(backend=args.backend, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
+    if args.checkpoint and args.checkpoint.endswith((".engine", ".plan", ".trt")):
+        seg = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device,
+                                        precision=None if args.precision == "fp32" else args.precision)
+    elif args.checkpoint and args.checkpoint.endswith(".onnx"):
+        seg = Segmenter.from_checkpoint(args.checkpoint, num_threads=args.threads, **options)
+    else:
+        extra = dict(batch_size=args.batch, num_threads=args.threads, compile=args.compile)
+        if args.checkpoint:
+            seg = Segmenter.from_checkpoint(args.checkpoint, **options, **extra)
+        else:
+            from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
+
+            torch.manual_seed(0)
+            config = CoupAlignConfig.preset(args.preset)
+            model = CoupAlign(config).eval()
+            seg = Segmenter(model, build_tokenizer(config), **options, **extra)
+    device = getattr(seg.backend, "device", "cpu")
+    image = synthetic_frame(width, height)
+    log.info("benchmarking %s on %dx%d frames, batch %d, %d runs after %d warm-up",
+             seg.describe(), width, height, args.batch, args.runs, args.warmup)
+    result = benchmark(seg, image, args.text or DEFAULT_TEXT, runs=args.runs, warmup=args.warmup,
+                       batch_size=args.batch, device=device)
+    name = f"{seg.backend.name} {seg.backend.precision}"
+    print(format_table({name: result}))
+    payload = {
+        "date": timestamp(),
+        "machine": machine_info(),
+        "source": args.checkpoint or f"preset {args.preset} (random init)",
+        "image_size": [width, height],
+        "results": {name: result},
+    }
+    if args.json_out:
+        write_json(args.json_out, payload)
+        log.info("wrote %s", args.json_out)
+    return 0

@@ -1,0 +1,75 @@
+"""Export a checkpoint to a fixed-shape ONNX graph or a TensorRT engine.
+
+ONNX: inputs images (B,3,S,S), input_ids and attention_mask (B,T); outputs logits (B,1,S,S) and
+presence_logits (B,) when the model has a presence head. The file carries the model config and
+tokenizer in its metadata, so `coupalign segment --checkpoint model.onnx` needs nothing else.
+--precision fp16/bf16 writes the mixed-precision graph (LayerNorm/softmax in fp32) that a
+strongly typed TensorRT build (trtexec --stronglyTyped) expects.
+
+TensorRT: builds an engine for this machine's GPU and TensorRT version (strongly typed, precision
+from the ONNX) and writes PATH plus PATH.json (config and tokenizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    parser.add_argument("--format", choices=("onnx", "tensorrt"), required=True, help="what to write")
+    parser.add_argument("--out", required=True, help="output file (.onnx or .engine)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                        help="graph precision (default: fp32 for onnx, fp16 for tensorrt)")
+    parser.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
+                        help="torch.onnx exporter (default %(default)s: smaller, faster graph)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check")
+    parser.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder memory (default %(default)s)")
+    parser.add_argument("--cache-dir", default=None, help="where the intermediate ONNX goes for --format tensorrt")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from coupalign_core.checkpoint import load_model
+    from coupalign_core.inference.export import export_onnx
+
+    out = Path(args.out)
+    if args.format == "tensorrt":
+        from coupalign_core.inference.backends.tensorrt_backend import export_engine, require_tensorrt_and_cuda
+
+        require_tensorrt_and_cuda()  # fail before the (slow) ONNX export
+    model, tokenizer, _ = load_model(args.checkpoint, map_location="cpu")
+    if args.format == "onnx":
+        precision = args.precision or "fp32"
+        if precision == "fp32":
+            export_onnx(model, tokenizer, out, batch_size=args.batch, opset=args.opset, exporter=args.exporter,
+                        verify=not args.no_verify)
+        else:
+            import tempfile
+
+            import onnx
+
+            from coupalign_core.inference.cache import atomic_write_bytes
+            from coupalign_core.inference.onnx_precision import convert_float_precision
+
+            with tempfile.TemporaryDirectory() as tmp:
+                fp32 = export_onnx(model, tokenizer, Path(tmp) / "fp32.onnx", batch_size=args.batch, opset=args.opset,
+                                   exporter=args.exporter, verify=not args.no_verify)
+                converted = convert_float_precision(onnx.load(str(fp32)), precision)
+            atomic_write_bytes(out, converted.SerializeToString())
+        print(f"wrote {out} ({precision}, batch {args.batch}, opset {args.opset})")
+        return 0
+    from coupalign_core.inference.export import cached_onnx
+
+    precision = args.precision or "fp16"
+    onnx_path = cached_onnx(model, tokenizer, batch_size=args.batch, opset=args.opset, exporter=args.exporter,
+                            cache_dir=args.cache_dir)
+    export_engine(onnx_path, out, precision=precision, cache_dir=args.cache_dir, workspace_gb=args.workspace_gb)
+    print(f"wrote {out} and {out}.json ({precision}, batch {args.batch})")
+    return 0

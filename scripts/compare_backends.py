@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Several inference backends side by side, in one process and one interleaved run.
+
+    .venv/bin/python scripts/compare_backends.py --preset small --image-size 640x480 --runs 60 \
+        --backends torch:fp32 onnxruntime:fp32 --markdown docs/benchmarks/cpu-small.md --json out.json
+
+Each backend is a Segmenter over the same randomly initialised model (or --checkpoint); rounds
+alternate between backends so that load from other processes hits all of them alike. Prints and
+writes a markdown table (stage medians, end-to-end median/p90/p99, FPS, pre+post share, peak
+memory, speed-up over the first backend) with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("compare_backends")
+
+
+def parse_spec(text: str) -> tuple[str, str, dict]:
+    """``backend:precision[:option=value,...]``, e.g. ``torch:bf16`` or ``onnxruntime:fp32:threads=1``."""
+    parts = text.split(":")
+    backend = parts[0]
+    precision = parts[1] if len(parts) > 1 and parts[1] else "fp32"
+    options: dict = {}
+    for item in parts[2].split(",") if len(parts) > 2 else []:
+        key, _, value = item.partition("=")
+        if key == "threads":
+            options["num_threads"] = int(value)
+        elif key == "compile":
+            options["compile"] = value in ("1", "true", "yes")
+        elif key == "mode":
+            options["precision_mode"] = value
+        else:
+            raise argparse.ArgumentTypeError(f"unknown option {key!r} in {text!r} (threads=, compile=, mode=)")
+    return backend, precision, options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=("tiny", "small", "paper"))
+    source.add_argument("--checkpoint")
+    parser.add_argument("--backends", nargs="+", type=parse_spec, default=[parse_spec("torch:fp32"), parse_spec("onnxruntime:fp32")],
+                        help="backend:precision[:threads=N,compile=1,mode=cast] (first one is the baseline)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--image-size", default="640x480", metavar="WxH")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--markdown", default=None, help="write the table (with machine and command) here")
+    parser.add_argument("--json", dest="json_out", default=None, help="write all numbers as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    import torch
+
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference.bench import (
+        DEFAULT_TEXT, benchmark_interleaved, format_table, machine_info, parse_image_size, synthetic_frame,
+        timestamp, write_json,
+    )
+
+    width, height = parse_image_size(args.image_size)
+    if args.checkpoint:
+        from coupalign_core.checkpoint import load_model
+
+        model, tokenizer, _ = load_model(args.checkpoint)
+        source = args.checkpoint
+    else:
+        from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
+
+        torch.manual_seed(0)
+        config = CoupAlignConfig.preset(args.preset)
+        model, tokenizer = CoupAlign(config).eval(), build_tokenizer(config)
+        source = f"preset {args.preset} (random init, {model.num_parameters() / 1e6:.1f} M parameters)"
+
+    segmenters = {}
+    for backend, precision, options in args.backends:
+        name = f"{backend} {precision}" + "".join(f" {k}={v}" for k, v in options.items())
+        segmenters[name] = Segmenter(model, tokenizer, backend=backend, device=args.device, precision=precision,
+                                     batch_size=args.batch, cache_dir=args.cache_dir, **options)
+    machine = machine_info()
+    results = benchmark_interleaved(segmenters, synthetic_frame(width, height), DEFAULT_TEXT, runs=args.runs,
+                                    warmup=args.warmup, batch_size=args.batch, device=args.device)
+    load_after = machine_info()["load_average_1min"]
+    table = format_table(results, baseline=next(iter(results)))
+    where = machine.get("gpu") or f"{machine['cpu']} ({machine['usable_cpus']} usable cores)"
+    command = "python scripts/compare_backends.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = "\n".join([
+        f"**{source}**, {width}x{height} frames, batch {args.batch}, {args.runs} interleaved runs after "
+        f"{args.warmup} warm-up, on {where}; torch {machine['torch']}, onnxruntime {machine.get('onnxruntime')}; "
+        f"{timestamp()}; 1-min load average {machine['load_average_1min']:.2f} before, {load_after:.2f} after.",
+        "",
+        table,
+        "",
+        f"Command: `{command}`",
+        "",
+    ])
+    print(report)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(report)
+    if args.json_out:
+        write_json(args.json_out, {"date": timestamp(), "machine": machine, "source": source,
+                                   "image_size": [width, height], "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
