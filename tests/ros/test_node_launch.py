@@ -46,10 +46,17 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from geometry_msgs.msg import PointStamped  # noqa: E402
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from sensor_msgs.msg import CameraInfo  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 NODE = "/coupalign"
 IMAGE_TOPIC = "/test_camera/image"
+DEPTH_TOPIC = "/test_camera/depth"
+INFO_TOPIC = "/test_camera/camera_info"
+K = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
 COMMAND_TOPIC = "/test/command"
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 WAIT_S = 90.0  # the node imports torch and builds the model on a shared CPU
@@ -68,13 +75,13 @@ def checkpoint(tmp_path_factory) -> Path:
                            build_tokenizer(config))
 
 
-def node_launch(checkpoint: Path | str, autostart: bool) -> launch.LaunchDescription:
+def node_launch(checkpoint: Path | str, autostart: bool, **extra: str) -> launch.LaunchDescription:
     include = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(SHARE / "launch" / "coupalign.launch.py")),
         launch_arguments={
             "checkpoint": str(checkpoint), "backend": "torch", "device": "cpu",
             "image_topic": IMAGE_TOPIC, "command_topic": COMMAND_TOPIC, "publish_overlay": "true",
-            "max_frame_age_s": "0", "autostart": "true" if autostart else "false",
+            "max_frame_age_s": "0", "autostart": "true" if autostart else "false", **extra,
         }.items(),
     )
     return launch.LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
@@ -86,13 +93,18 @@ class Client:
     def __init__(self) -> None:
         rclpy.init()
         self.node = rclpy.create_node("coupalign_test_client")
-        self.received: dict[str, list[Any]] = {"result": [], "mask": [], "overlay": [], "diagnostics": []}
+        self.received: dict[str, list[Any]] = {"result": [], "mask": [], "overlay": [], "diagnostics": [],
+                                               "target_point": []}
         n = self.node
         n.create_subscription(ReferringSegmentation, f"{NODE}/result", self._keep("result"), 10)
         n.create_subscription(Image, f"{NODE}/mask", self._keep("mask"), 10)
         n.create_subscription(Image, f"{NODE}/overlay", self._keep("overlay"), 10)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._keep("diagnostics"), 10)
+        n.create_subscription(PointStamped, f"{NODE}/target_point", self._keep("target_point"), 10)
         self.images = n.create_publisher(Image, IMAGE_TOPIC, 10)
+        self.depth = n.create_publisher(Image, DEPTH_TOPIC, 10)
+        self.camera_info = n.create_publisher(CameraInfo, INFO_TOPIC, 10)
+        self.set_parameters = n.create_client(SetParameters, f"{NODE}/set_parameters")
         self.commands = n.create_publisher(String, COMMAND_TOPIC, LATCHED)
         self.get_state = n.create_client(GetState, f"{NODE}/get_state")
         self.change_state = n.create_client(ChangeState, f"{NODE}/change_state")
@@ -148,13 +160,29 @@ class Client:
         msg.data = array.array("B", pixels.tobytes())
         return msg
 
-    def publish_images(self, seconds: float, **kwargs: Any) -> None:
+    def publish_images(self, seconds: float, with_depth: bool = False, **kwargs: Any) -> None:
+        """Camera frames at 10 Hz; with_depth adds an aligned 32FC1 depth (2 m) and CameraInfo."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             msg = self.image(**kwargs)
+            if with_depth:
+                depth = Image(header=msg.header, height=msg.height, width=msg.width, encoding="32FC1",
+                              is_bigendian=0, step=msg.width * 4)
+                depth.data = array.array("B", np.full((msg.height, msg.width), 2.0, np.float32).tobytes())
+                self.depth.publish(depth)
+                self.camera_info.publish(CameraInfo(header=msg.header, height=msg.height, width=msg.width, k=K))
             self.images.publish(msg)
             self.stamps.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
             time.sleep(0.1)
+
+    def set_parameter(self, name: str, value: Any):
+        """(successful, reason) of setting one node parameter through its service."""
+        kind = {bool: ParameterType.PARAMETER_BOOL, float: ParameterType.PARAMETER_DOUBLE,
+                int: ParameterType.PARAMETER_INTEGER, str: ParameterType.PARAMETER_STRING}[type(value)]
+        field = {bool: "bool_value", float: "double_value", int: "integer_value", str: "string_value"}[type(value)]
+        pv = ParameterValue(type=kind, **{field: value})
+        reply = self.call(self.set_parameters, SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
+        return reply.results[0].successful, reply.results[0].reason
 
     def diagnostics(self) -> dict[str, str] | None:
         """The key/values of the coupalign node's latest diagnostic status (None before one)."""
@@ -178,7 +206,8 @@ def client():
 # ---- lifecycle, outputs, service, diagnostics, malformed input -----------------------------------
 @launch_pytest.fixture
 def managed_node(checkpoint):
-    return node_launch(checkpoint, autostart=False)
+    return node_launch(checkpoint, autostart=False, depth_topic=DEPTH_TOPIC, camera_info_topic=INFO_TOPIC,
+                       threshold="0.0")
 
 
 @pytest.mark.launch(fixture=managed_node)
@@ -189,9 +218,18 @@ def test_lifecycle_outputs_service_diagnostics_and_bad_images(client):
     assert client.transition(Transition.TRANSITION_ACTIVATE)
     assert client.state() == "active"
 
+    # runtime parameter changes: invalid ones are refused with the reason
+    ok, reason = client.set_parameter("threshold", 1.5)
+    assert not ok and "1.5" in reason
+    ok, reason = client.set_parameter("image_topic", "/camera//image")
+    assert not ok and "'//'" in reason
+    ok, reason = client.set_parameter("backend", "tensorflow")
+    assert not ok and "tensorflow" in reason
+    assert client.set_parameter("depth_min_points", 1)[0]
+
     client.commands.publish(String(data="the bright band"))
     client.wait_for(lambda: client.images.get_subscription_count() > 0, what="the node's image subscription")
-    sender = threading.Thread(target=client.publish_images, args=(4.0,))
+    sender = threading.Thread(target=client.publish_images, args=(4.0,), kwargs={"with_depth": True})
     sender.start()
     result = client.wait_for(lambda: client.received["result"][-1] if client.received["result"] else None,
                              what="a result")
@@ -207,6 +245,29 @@ def test_lifecycle_outputs_service_diagnostics_and_bad_images(client):
     overlay = client.wait_for(lambda: client.received["overlay"][-1] if client.received["overlay"] else None,
                               what="~/overlay")
     assert overlay.encoding == "rgb8" and (overlay.width, overlay.height) == (64, 48)
+
+    # ~/target_point: threshold 0 makes every result "found"; a non-empty mask over 2 m depth
+    with_mask = [r for r in client.received["result"] if np.frombuffer(bytes(r.mask.data), np.uint8).any()]
+    if with_mask:
+        point = client.wait_for(lambda: client.received["target_point"][-1] if client.received["target_point"]
+                                else None, what="~/target_point")
+        assert point.point.z == pytest.approx(2.0, abs=1e-3) and point.header.frame_id == "test_camera"
+        r = next(r for r in client.received["result"] if (r.header.stamp.sec, r.header.stamp.nanosec)
+                 == (point.header.stamp.sec, point.header.stamp.nanosec))
+        ys, xs = np.nonzero(np.frombuffer(bytes(r.mask.data), np.uint8).reshape(48, 64))
+        assert point.point.x == pytest.approx(((xs - K[2]) * 2.0 / K[0]).mean(), abs=1e-3)
+        assert point.point.y == pytest.approx(((ys - K[5]) * 2.0 / K[4]).mean(), abs=1e-3)
+    assert client.set_parameter("threshold", 0.5)[0]
+
+    # the typed-command tool, installed for `ros2 run`
+    import subprocess
+
+    done = subprocess.run(["ros2", "run", "coupalign_ros", "coupalign_command", "--topic", COMMAND_TOPIC,
+                           "typed by a person"], capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client.publish_images(2.0)
+    client.wait_for(lambda: any(r.command == "typed by a person" for r in client.received["result"]),
+                    what="a result for the typed command")
 
     # ~/segment: on the latest camera image, on an image in the request, and a refused request
     latest = client.call(client.segment, Segment.Request(text="the dark part"))
@@ -228,7 +289,7 @@ def test_lifecycle_outputs_service_diagnostics_and_bad_images(client):
                            what="/diagnostics counting the rejected images")
     for key in ("backend", "model", "inference_rate_hz", "latency_ms_p50", "frames_dropped", "messages_rejected"):
         assert key in diag, key
-    assert diag["state"] == "active" and diag["command"] == "the bright band"
+    assert diag["state"] == "active" and diag["command"] == "typed by a person"
     assert float(diag["latency_ms_p50"]) > 0
 
     # deactivate stops the results; cleanup returns to unconfigured
