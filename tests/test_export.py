@@ -1,0 +1,183 @@
+"""ONNX export: fixed-shape graph, checker, self-describing metadata, onnxruntime == torch."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from coupalign_core.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+from coupalign_core.inference.export import (
+    FORMAT, OnnxModelInfo, cached_onnx, example_inputs, export_onnx, read_onnx_info, verify_onnx,
+)
+from coupalign_core.inference.graph import InferenceGraph
+from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)  # same weights as test_inference: the session-wide ONNX cache is shared
+    model = CoupAlign(CoupAlignConfig.preset("tiny")).eval()
+    return model, build_tokenizer(model.config)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "coupalign-onnx-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, onnx_cache):
+    model, tok = tiny
+    return cached_onnx(model, tok, cache_dir=onnx_cache)  # dynamo exporter, batch 1, opset 18
+
+
+def torch_outputs(model, images, ids, mask):
+    with torch.inference_mode():
+        return [t.numpy() for t in InferenceGraph(model)(images, ids, mask)]
+
+
+def test_graph_interface_is_fixed(tiny, tiny_onnx):
+    model, _ = tiny
+    m = onnx.load(str(tiny_onnx))
+    onnx.checker.check_model(m, full_check=True)
+    assert m.opset_import[0].version == 18
+
+    def dims(vi):
+        return [d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+    inputs = {i.name: i for i in m.graph.input}
+    s, t = model.config.image_size, model.config.max_tokens
+    assert list(inputs) == ["images", "input_ids", "attention_mask"]
+    assert dims(inputs["images"]) == [1, 3, s, s]
+    assert dims(inputs["input_ids"]) == [1, t] and dims(inputs["attention_mask"]) == [1, t]
+    assert inputs["input_ids"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    outputs = {o.name: o for o in m.graph.output}
+    assert list(outputs) == ["logits", "presence_logits"]
+    assert dims(outputs["logits"]) == [1, 1, s, s] and dims(outputs["presence_logits"]) == [1]
+
+
+def test_metadata_makes_the_file_self_contained(tiny, tiny_onnx):
+    model, tok = tiny
+    info = read_onnx_info(tiny_onnx)
+    assert info.config == model.config
+    assert info.tokenizer.vocab == tok.vocab and info.tokenizer.lowercase == tok.lowercase
+    assert (info.batch_size, info.opset, info.exporter, info.precision) == (1, 18, "dynamo", "fp32")
+    with pytest.raises(ValueError, match="carries no CoupAlign metadata"):
+        OnnxModelInfo.from_props({"coupalign.format": "something-else"})
+    assert FORMAT.startswith("coupalign-onnx")
+
+
+@pytest.mark.parametrize("sentences", [
+    ["dog"],  # 3 of 20 tokens: mostly padding
+    ["the man in the blue shirt standing to the left of the tall woman with an umbrella"],  # truncated
+    ["a 🐶 and 左边的杯子"],
+])
+def test_onnxruntime_matches_torch_tiny(tiny, tiny_onnx, sentences):
+    model, tok = tiny
+    backend = OnnxRuntimeBackend(tiny_onnx, num_threads=1)
+    g = torch.Generator().manual_seed(len(sentences[0]))
+    images = torch.randn(1, 3, model.config.image_size, model.config.image_size, generator=g)
+    ids, mask = tok(sentences, model.config.max_tokens)
+    expected = torch_outputs(model, images, torch.from_numpy(ids), torch.from_numpy(mask))
+    got = backend(images.numpy(), ids, mask)
+    assert np.abs(got.logits - expected[0]).max() <= 1e-4
+    assert np.abs(got.presence_logits - expected[1]).max() <= 1e-4
+
+
+def test_export_cache_reuses_the_file(tiny, tiny_onnx, onnx_cache):
+    model, tok = tiny
+    mtime = tiny_onnx.stat().st_mtime_ns
+    start = time.perf_counter()
+    again = cached_onnx(model, tok, cache_dir=onnx_cache)
+    assert again == tiny_onnx and again.stat().st_mtime_ns == mtime
+    assert time.perf_counter() - start < 5.0  # a hash, not an export
+    other = CoupAlign(CoupAlignConfig.preset("tiny")).eval()  # other random weights: other key
+    from coupalign_core.inference.cache import model_sha256
+
+    assert model_sha256(other) != model_sha256(model)
+
+
+def test_batched_legacy_export(tiny, tmp_path):
+    """--batch B with the TorchScript exporter (the fallback); padded sentences of unequal length."""
+    model, tok = tiny
+    path = export_onnx(model, tok, tmp_path / "b2.onnx", batch_size=2, exporter="legacy", verify=False)
+    onnx.checker.check_model(onnx.load(str(path)))
+    assert read_onnx_info(path).batch_size == 2
+    backend = OnnxRuntimeBackend(path, num_threads=1)
+    assert backend.batch_size == 2
+    inputs = example_inputs(model.config, tok, 2, seed=5)
+    assert inputs[2].sum(1).tolist()[0] != inputs[2].sum(1).tolist()[1]  # different lengths
+    assert verify_onnx(model, tok, path, inputs) <= 1e-4
+    with pytest.raises(ValueError, match="built for batch 2"):
+        backend(*(t[:1].numpy() for t in inputs))
+
+
+def test_export_rejects_bad_arguments(tiny, tmp_path):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="exporter"):
+        export_onnx(model, tok, tmp_path / "x.onnx", exporter="tf2onnx")
+    with pytest.raises(ValueError, match="batch_size"):
+        export_onnx(model, tok, tmp_path / "x.onnx", batch_size=0)
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(model, tok, tmp_path / "x.onnx", opset=13)
+    with pytest.raises(FileNotFoundError):
+        read_onnx_info(tmp_path / "missing.onnx")
+
+
+def test_export_verb(tiny, tmp_path, capsys):
+    from coupalign_core.checkpoint import save_checkpoint
+    from coupalign_core.cli.main import main
+
+    model, tok = tiny
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", model, tok)
+    out = tmp_path / "tiny16.onnx"
+    rc = main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out), "--exporter", "legacy",
+               "--precision", "fp16", "--no-verify"])
+    assert rc == 0 and out.is_file()
+    info = read_onnx_info(out)
+    assert info.precision == "fp16" and info.exporter == "legacy"
+    # The fp16 file runs in onnxruntime on its own (inputs and outputs stay float32).
+    from coupalign_core.inference import Segmenter
+
+    seg = Segmenter.from_checkpoint(out, backend="onnxruntime", threshold=0.0)
+    r = seg(np.zeros((30, 40, 3), np.uint8), "the cup")
+    assert r.mask.shape == (30, 40) and seg.backend.precision == "fp16"
+
+
+def test_export_verb_tensorrt_without_tensorrt_fails_clearly(tiny, tmp_path, capsys):
+    from coupalign_core.cli.main import main
+    from coupalign_core.inference.backends.tensorrt_backend import tensorrt_available
+
+    if tensorrt_available() and torch.cuda.is_available():
+        pytest.skip("TensorRT and CUDA are present")
+    from coupalign_core.checkpoint import save_checkpoint
+
+    model, tok = tiny
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", model, tok)
+    rc = main(["export", "--checkpoint", str(ckpt), "--format", "tensorrt", "--out", str(tmp_path / "x.engine")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "pip install tensorrt" in err or "CUDA" in err
+    assert not (tmp_path / "x.engine").exists()
+
+
+@pytest.mark.slow
+def test_onnxruntime_matches_torch_small(tmp_path):
+    """The small preset (pretrained MiniLM + Swin-T at 224): ~40 s on a 2-core CPU, mostly the export."""
+    torch.manual_seed(0)
+    config = CoupAlignConfig.preset("small")
+    model = CoupAlign(config).eval()
+    tok = build_tokenizer(config)
+    path = export_onnx(model, tok, tmp_path / "small.onnx", verify=False)
+    onnx.checker.check_model(str(path))
+    for sentence in ["cup", "the person on the far right wearing a dark jacket"]:
+        inputs = list(example_inputs(config, tok, 1, seed=len(sentence)))
+        ids, mask = tok([sentence], config.max_tokens)
+        inputs[1:] = [torch.from_numpy(ids), torch.from_numpy(mask)]
+        assert verify_onnx(model, tok, path, tuple(inputs)) <= 1e-4
