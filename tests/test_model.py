@@ -330,3 +330,18 @@ def test_bad_input_shapes_are_named(tiny):
         tiny(images[:, :1], ids, mask)
     with pytest.raises(ValueError, match="attention_mask"):
         tiny(images, ids, mask[:, :5])
+
+
+def test_image_encoder_loads_local_pretrained_weights(tmp_path, tiny):
+    """A timm Swin state dict in a local file (what a user downloads) initialises the encoder."""
+    cfg = tiny.config
+    swin = timm.create_model(
+        cfg.image_encoder, pretrained=False, img_size=cfg.image_size, window_size=cfg.window_size,
+        num_classes=0, **cfg.image_encoder_kwargs,
+    )
+    torch.save(swin.state_dict(), tmp_path / "swin.pth")
+    model = CoupAlign(cfg.replace(image_pretrained=str(tmp_path / "swin.pth")))
+    for name, value in model.image_encoder.state_dict().items():
+        torch.testing.assert_close(value, swin.state_dict()[name.replace("stages.", "layers.")])
+    with pytest.raises(FileNotFoundError, match="neither an existing weights file"):
+        CoupAlign(cfg.replace(image_pretrained=str(tmp_path / "missing.pth")))
