@@ -151,8 +151,9 @@ class Segmenter:
             onnx_path = cached_low_precision_onnx(cached_onnx(model, tokenizer, **export), precision, cache_dir)
             impl = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision)
         else:
-            from .backends.tensorrt_backend import TensorRTBackend
+            from .backends.tensorrt_backend import TensorRTBackend, require_tensorrt_and_cuda
 
+            require_tensorrt_and_cuda()  # before the export, which takes a while
             impl = TensorRTBackend(
                 cached_onnx(model, tokenizer, **export), precision=precision, cache_dir=cache_dir,
                 workspace_gb=workspace_gb,
