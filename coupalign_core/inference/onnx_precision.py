@@ -79,7 +79,8 @@ def _schema_allows(op_type: str, opset: int, elem_type: int) -> bool:
         schema = onnx.defs.get_schema(op_type, opset)
     except onnx.defs.SchemaError:
         return True  # unknown op: leave the decision to the checker
-    type_str = {TensorProto.FLOAT16: "tensor(float16)", TensorProto.BFLOAT16: "tensor(bfloat16)"}[elem_type]
+    type_str = {FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)",
+                TensorProto.BFLOAT16: "tensor(bfloat16)"}[elem_type]
     return any(type_str in tc.allowed_type_strs for tc in schema.type_constraints)
 
 
@@ -123,7 +124,9 @@ def convert_float_precision(
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 18)
     unsupported = {
         n.op_type for n in graph.node
-        if n.domain in ("", "ai.onnx") and not _schema_allows(n.op_type, opset, low)
+        if n.domain in ("", "ai.onnx")
+        and _schema_allows(n.op_type, opset, FLOAT)  # a float op (not e.g. Not or Shape) ...
+        and not _schema_allows(n.op_type, opset, low)  # ... without a low-precision variant
     } - {"Cast", "Constant", "ConstantOfShape"}
     if unsupported:
         log.info("opset %d has no %s variant of %s: kept in fp32", opset, precision, sorted(unsupported))

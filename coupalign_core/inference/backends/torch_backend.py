@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from typing import Optional
 
@@ -32,7 +33,8 @@ class TorchBackend(InferenceBackend):
 
     precision: ``fp32``; ``fp16``/``bf16`` either under autocast (``precision_mode="autocast"``:
     LayerNorm, softmax and reductions stay fp32, the safe default) or with the weights cast
-    (``"cast"``: every op in half precision, fewer casts, faster at batch 1 on a GPU).
+    (``"cast"``: a half-precision copy of the model, every op in half precision, fewer casts,
+    faster at batch 1 on a GPU). The fp32 model itself is moved to ``device`` (like ``.to``).
     ``compile=True`` wraps the graph in ``torch.compile(mode=compile_mode)``; the first call
     then compiles (tens of seconds to minutes).
     """
@@ -62,9 +64,10 @@ class TorchBackend(InferenceBackend):
         self.max_tokens = int(model.config.max_tokens)
         self.batch_size = None
         self._dtype = _DTYPES[precision]
-        model = model.eval().to(self._torch_device)
         if precision != "fp32" and precision_mode == "cast":
-            model = model.to(self._dtype)
+            # A half-precision copy: casting in place would change the caller's model.
+            model = copy.deepcopy(model).to(self._torch_device, self._dtype)
+        model = model.eval().to(self._torch_device)
         self.graph: nn.Module = InferenceGraph(model)
         self.has_presence_head = self.graph.has_presence_head
         self.compiled = compile
