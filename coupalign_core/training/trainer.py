@@ -57,6 +57,7 @@ from .schedule import PolyLR, build_optimizer, steps_for
 log = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "seg", "aux", "presence")
+LOGGED_KEYS = LOSS_KEYS + ("grad_norm",)  # averaged over the log window and the ranks
 
 
 # ---- RNG ------------------------------------------------------------------------------------------
@@ -413,7 +414,7 @@ class Trainer:
                   f"{self.ctx.world_size} processes x {cfg.grad_accum} accumulation steps)", flush=True)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.ctx.is_main,
                    desc="train", unit="step", dynamic_ncols=True)
-        sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64, device=self.device)  # losses, count
+        sums = torch.zeros(len(LOGGED_KEYS) + 1, dtype=torch.float64, device=self.device)  # values, count
         window_start, window_samples = time.monotonic(), 0
         try:
             while True:
@@ -427,7 +428,7 @@ class Trainer:
                     self.step += 1
                     self.step_in_epoch += 1
                     window_samples += self.global_batch
-                    sums += torch.tensor([losses[k] for k in LOSS_KEYS] + [1.0], dtype=torch.float64,
+                    sums += torch.tensor([losses[k] for k in LOGGED_KEYS] + [1.0], dtype=torch.float64,
                                          device=self.device)
                     for callback in self.step_callbacks:
                         callback(self, losses)
@@ -455,7 +456,8 @@ class Trainer:
             bar.close()
 
     def train_step(self, micro_batches: Sequence[dict[str, Any]]) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns this rank's mean losses."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns this rank's mean losses
+        and the gradient norm."""
         cfg = self.config.train
         model = self.ddp_model
         model.train()
@@ -487,7 +489,8 @@ class Trainer:
             self.scaler.step(self.optimizer)  # skips by itself on fp16 overflow
         self.scaler.update()
         self.scheduler.step()
-        totals["grad_norm"] = grad_norm
+        # Before clipping; an fp16 overflow step (skipped by the scaler) counts as 0 in the log.
+        totals["grad_norm"] = grad_norm if math.isfinite(grad_norm) else 0.0
         return totals
 
     # ---- evaluation -------------------------------------------------------------------------------
@@ -573,7 +576,7 @@ class Trainer:
         if not self.ctx.is_main:
             return
         count = max(float(sums[-1]), 1.0)
-        means = {k: float(sums[i]) / count for i, k in enumerate(LOSS_KEYS)}
+        means = {k: float(sums[i]) / count for i, k in enumerate(LOGGED_KEYS)}
         row = {"split": "train", "step": self.step, "epoch": self.epoch, "lr": self.lr,
                "samples_per_s": samples_per_s, "elapsed_s": self.elapsed(), **means}
         self._record(row)
