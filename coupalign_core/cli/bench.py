@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from coupalign_core.inference import Segmenter
     from coupalign_core.inference.bench import (
-        DEFAULT_TEXT, benchmark, format_table, machine_info, parse_image_size, synthetic_frame, timestamp, write_json,
+        DEFAULT_TEXT, benchmark, format_stages, format_table, machine_info, parse_image_size, synthetic_frame, timestamp, write_json,
     )
 
     width, height = parse_image_size(args.image_size)
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     result = benchmark(seg, image, args.text or DEFAULT_TEXT, runs=args.runs, warmup=args.warmup,
                        batch_size=args.batch, device=device)
     name = f"{seg.backend.name} {seg.backend.precision}"
+    print(format_stages(result))
+    print()
     print(format_table({name: result}))
     payload = {
         "date": timestamp(),

@@ -213,6 +213,15 @@ def format_table(results: Mapping[str, Mapping[str, Any]], baseline: Optional[st
     return "\n".join(lines)
 
 
+def format_stages(result: Mapping[str, Any]) -> str:
+    """Markdown table of one result: median, p90 and p99 of every stage, in ms."""
+    lines = ["| stage | median ms | p90 ms | p99 ms |", "|---|---|---|---|"]
+    for stage in STAGES:
+        s = result["stages_ms"][stage]
+        lines.append(f"| {stage} | {s['median']:.2f} | {s['p90']:.2f} | {s['p99']:.2f} |")
+    return "\n".join(lines)
+
+
 def write_json(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
