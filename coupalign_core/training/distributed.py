@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -138,6 +139,18 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001 - DataLoader worker_init_fn signature
+    """``worker_init_fn`` for DataLoader workers: leave SIGTERM and SIGINT to the main process.
+
+    torchrun stops a worker with ``killpg`` (the DataLoader's processes included) and a terminal's
+    Ctrl-C reaches the whole process group; a loader worker that died of it would make the main
+    process raise before it could write its checkpoint. The main process shuts its workers down
+    itself when it exits, and they exit on their own when it dies.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def broadcast_buffers(module: torch.nn.Module, ctx: DistContext, src: int = 0) -> None:

@@ -50,6 +50,7 @@ from .distributed import (
     barrier,
     broadcast_buffers,
     broadcast_object,
+    ignore_stop_signals,
     init_distributed,
 )
 from .schedule import PolyLR, build_optimizer, steps_for
@@ -317,7 +318,14 @@ class Trainer:
             log.warning("config differs from the checkpoint's in %s", ", ".join(diff))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        wanted = (self.scheduler.end_lr, self.scheduler.decay_steps, self.scheduler.power,
+                  self.scheduler.warmup_steps, list(self.scheduler.base_lrs))
         self.scheduler.load_state_dict(state["scheduler"])
+        stored = (self.scheduler.end_lr, self.scheduler.decay_steps, self.scheduler.power,
+                  self.scheduler.warmup_steps, list(self.scheduler.base_lrs))
+        if stored != wanted and self.ctx.is_main:
+            log.warning("the learning-rate schedule continues as the checkpoint's (end_lr, decay_steps, "
+                        "power, warm-up, base lr = %s), not this config's %s", stored, wanted)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
@@ -372,8 +380,7 @@ class Trainer:
         return DataLoader(
             self.train_set, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate,
             num_workers=self.config.data.num_workers, drop_last=True, generator=gen,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals,
         )
 
     def fit(self) -> TrainResult:
@@ -504,13 +511,22 @@ class Trainer:
         t0 = time.monotonic()
         broadcast_buffers(self.model, self.ctx)
         with preserved_rng():
-            result = run_evaluation(
-                self.model, self.tokenizer, self.val_set,
-                batch_size=data.val_batch_size or self.batch_size, device=self.device,
-                distributed=self.ctx.is_distributed, num_workers=data.num_workers,
-                num_examples=cfg.overlay_samples if self.ctx.is_main else 0,
-                progress=self.ctx.is_main, desc=f"val step {self.step}",
-            )
+            try:
+                result = run_evaluation(
+                    self.model, self.tokenizer, self.val_set,
+                    batch_size=data.val_batch_size or self.batch_size, device=self.device,
+                    distributed=self.ctx.is_distributed, num_workers=data.num_workers,
+                    num_examples=cfg.overlay_samples if self.ctx.is_main else 0,
+                    progress=self.ctx.is_main, desc=f"val step {self.step}",
+                )
+            except RuntimeError as e:
+                if self._stop_reason is None:
+                    raise
+                # A stop signal also reached the evaluation's loader workers (same process group)
+                # and killed them: skip this validation, the checkpoint matters more.
+                log.warning("validation at step %d interrupted by %s (%s); skipped", self.step,
+                            self._stop_reason, e)
+                return {}
         metrics = {k: float(v) for k, v in result["metrics"].items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for kind, m in result.get("by_kind", {}).items():
