@@ -162,6 +162,9 @@ class Trainer:
         else:
             model_config = dataclasses.replace(config.model)  # the model fills in text_config
         self.model: nn.Module = CoupAlign(model_config).to(self.device)
+        if self.ctx.is_distributed and self.device.type == "cuda":
+            # LAVT's SyncBatchNorm (the SegHead's BatchNorms); it keeps the parameter objects.
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         # The config this run stores: the user's, with the architecture the model actually has.
         self.config = TrainingConfig(
             model=config.model.replace(text_config=dict(self.model.config.text_config)),
@@ -178,8 +181,6 @@ class Trainer:
 
         self.ddp_model: nn.Module = self.model
         if self.ctx.is_distributed:
-            if self.device.type == "cuda":
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -450,7 +451,10 @@ class Trainer:
                         self.epoch, self.step_in_epoch = epoch_end, 0
                     stop = any_rank(self._stop_reason is not None or
                                     (self._budget_reached() if self.ctx.is_main else False), self.ctx)
-                    if self.val_set is not None and cfg.eval_every.due(self.step, epoch_end):
+                    # A stop signal skips the evaluation: torchrun kills a rank 30 s after SIGTERM,
+                    # and the checkpoint must be written within that.
+                    signalled = stop and broadcast_object(self._stop_reason or "", self.ctx).startswith("signal:")
+                    if self.val_set is not None and cfg.eval_every.due(self.step, epoch_end) and not signalled:
                         self.evaluate()
                     if stop:
                         reason = broadcast_object(self._stop_reason or "budget", self.ctx)
