@@ -240,6 +240,21 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(data_root, tmp_path):
     assert trainer.scheduler.last_epoch == 6
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_steps_learn(data_root, tmp_path, amp):
+    # Meant for GPUs; torch autocasts on the CPU too, which exercises the same code path here:
+    # autocast forward, fp16 GradScaler (unscale, clip, skip on overflow) with the fused AdamW.
+    config = TrainingConfig.from_dict(tiny_config(data_root, amp=amp, warmup_steps=0, decay_steps=100,
+                                                  max_steps=100))
+    trainer = Trainer(config, tmp_path)
+    assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    batch = collate([trainer.train_set[0], trainer.train_set[1]])
+    losses = [trainer.train_step([batch])["loss"] for _ in range(6)]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
 # ---- (d) atomic checkpoints ------------------------------------------------------------------------------
 class ExplodesWhilePickled:
     def __reduce__(self):

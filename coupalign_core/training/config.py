@@ -136,7 +136,7 @@ class OptimConfig:
     global_batch_size: Optional[int] = None
     grad_accum: int = 1
     clip_grad_norm: Optional[float] = None
-    amp: AmpMode = "none"  # GPU only; on the CPU it falls back to "none" with a warning
+    amp: AmpMode = "none"  # autocast dtype (fp16 adds a GradScaler); meant for GPUs, see the trainer
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: Optional[int] = None  # torch intra-op threads on the CPU

@@ -201,11 +201,13 @@ class Trainer:
 
     # ---- set-up -----------------------------------------------------------------------------------
     def _amp_dtype(self, amp: str) -> Optional[torch.dtype]:
+        """Autocast dtype: bf16, or fp16 (with the GradScaler) on GPUs; torch autocasts on the CPU too,
+        which only pays off on CPUs with bf16/fp16 matrix units."""
         if amp == "none":
             return None
-        if self.device.type != "cuda":
-            log.warning("train.amp=%s needs a GPU; training in float32 on %s", amp, self.device)
-            return None
+        if self.device.type != "cuda" and self.ctx.is_main:
+            log.warning("train.amp=%s on %s: CPU autocast is slower than float32 unless the CPU has "
+                        "bf16/fp16 matrix units (set train.amp=none otherwise)", amp, self.device)
         return torch.bfloat16 if amp == "bf16" else torch.float16
 
     def _resolve_resume(self, resume: Optional[str | os.PathLike]) -> Optional[Path]:
