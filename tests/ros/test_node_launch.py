@@ -248,15 +248,15 @@ def test_lifecycle_outputs_service_diagnostics_and_bad_images(client):
 
     # ~/target_point: threshold 0 makes every result "found"; a non-empty mask over 2 m depth
     with_mask = [r for r in client.received["result"] if np.frombuffer(bytes(r.mask.data), np.uint8).any()]
-    if with_mask:
-        point = client.wait_for(lambda: client.received["target_point"][-1] if client.received["target_point"]
-                                else None, what="~/target_point")
-        assert point.point.z == pytest.approx(2.0, abs=1e-3) and point.header.frame_id == "test_camera"
-        r = next(r for r in client.received["result"] if (r.header.stamp.sec, r.header.stamp.nanosec)
-                 == (point.header.stamp.sec, point.header.stamp.nanosec))
-        ys, xs = np.nonzero(np.frombuffer(bytes(r.mask.data), np.uint8).reshape(48, 64))
-        assert point.point.x == pytest.approx(((xs - K[2]) * 2.0 / K[0]).mean(), abs=1e-3)
-        assert point.point.y == pytest.approx(((ys - K[5]) * 2.0 / K[4]).mean(), abs=1e-3)
+    assert with_mask, "the tiny model (seed 0) gives non-empty masks at threshold 0"
+    point = client.wait_for(lambda: client.received["target_point"][-1] if client.received["target_point"]
+                            else None, what="~/target_point")
+    assert point.point.z == pytest.approx(2.0, abs=1e-3) and point.header.frame_id == "test_camera"
+    r = next(r for r in client.received["result"] if (r.header.stamp.sec, r.header.stamp.nanosec)
+             == (point.header.stamp.sec, point.header.stamp.nanosec))
+    ys, xs = np.nonzero(np.frombuffer(bytes(r.mask.data), np.uint8).reshape(48, 64))
+    assert point.point.x == pytest.approx(((xs - K[2]) * 2.0 / K[0]).mean(), abs=1e-3)
+    assert point.point.y == pytest.approx(((ys - K[5]) * 2.0 / K[4]).mean(), abs=1e-3)
     assert client.set_parameter("threshold", 0.5)[0]
 
     # the typed-command tool, installed for `ros2 run`
@@ -279,8 +279,12 @@ def test_lifecycle_outputs_service_diagnostics_and_bad_images(client):
     assert not empty.success and "empty" in empty.message
 
     # malformed images are rejected and counted; the node keeps serving
-    client.images.publish(client.image(step=10))  # step < width * 3
-    client.images.publish(client.image(encoding="yuv422"))
+    # (spaced out: the image subscription keeps only the newest sample, by design)
+    for _ in range(3):
+        client.images.publish(client.image(step=10))  # step < width * 3
+        time.sleep(0.3)
+        client.images.publish(client.image(encoding="yuv422"))
+        time.sleep(0.3)
     before = len(client.received["result"])
     client.publish_images(3.0)
     client.wait_for(lambda: len(client.received["result"]) > before, what="results after malformed images")
@@ -344,3 +348,42 @@ def test_late_node_gets_the_last_command(early_command):
                              what="a result")
     sender.join()
     assert result.command == "published before the node existed"
+
+
+# ---- the README's command, and bad launch arguments ----------------------------------------------
+def _ros2_launch(*arguments: str, until: str, timeout: float = WAIT_S) -> tuple[int | None, str]:
+    """Run `ros2 launch coupalign_ros coupalign.launch.py ...` until ``until`` is printed or it exits."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(["ros2", "launch", "coupalign_ros", "coupalign.launch.py", *arguments],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and until not in "".join(output):
+        time.sleep(0.1)
+    code = proc.poll()
+    if code is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    return code, "".join(output)
+
+
+def test_plain_launch_without_a_checkpoint_explains_what_is_missing():
+    code, text = _ros2_launch(until="checkpoint' is empty")
+    assert code is None, text[-3000:]  # still running (unconfigured), not crashed
+    assert "configure failed: parameter 'checkpoint' is empty" in text
+
+
+def test_bad_launch_arguments_are_refused_before_the_node_starts(checkpoint):
+    code, text = _ros2_launch(f"checkpoint:={checkpoint}", "threshold:=high", until="is not a valid float")
+    assert "launch argument threshold:='high' is not a valid float" in text, text[-3000:]
+    code, text = _ros2_launch(f"checkpoint:={checkpoint}", "threshold:=2", until="above the maximum")
+    assert "threshold=2.0 is above the maximum 1" in text, text[-3000:]
