@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_out", help="write metrics and latency as JSON")
     parser.add_argument("--overlays", help="write a PNG contact sheet of overlays")
     parser.add_argument("--max-overlays", type=int, default=16, help="frames on the contact sheet (default: 16)")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="time the first frame too (by default it is segmented once untimed first)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         args.bag, segmenter, distro=args.distro, image_topic=args.image_topic,
         command_topic=args.command_topic, gt_topic=args.gt_topic, out=args.out, out_storage=args.out_storage,
         result_topic=args.result_topic, overlays=args.overlays, max_overlays=args.max_overlays,
-        command_immediate=args.command_immediate, progress=not args.no_progress,
+        command_immediate=args.command_immediate, warmup=not args.no_warmup, progress=not args.no_progress,
     ).to_dict()
     report["checkpoint"] = str(args.checkpoint)
     report["backend"], report["device"], report["precision"] = args.backend, args.device, args.precision
