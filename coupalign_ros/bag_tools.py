@@ -317,7 +317,7 @@ def replay_bag(
         raise FileNotFoundError(f"bag {bag} does not exist")
     typestore = make_typestore(distro)
     report = ReplayReport(bag=str(bag))
-    pipeline = Pipeline(segment, threshold=threshold)
+    pipeline = Pipeline(segment, threshold=threshold, command_log_level=logging.DEBUG)
     metrics = RISMetrics()
     samples: list[dict[str, Any]] = []
 

@@ -284,8 +284,11 @@ class Pipeline:
         threshold: Optional[float] = None,
         log: Optional[Callable[[int, str], None]] = None,
         log_period_s: float = 5.0,
+        command_log_level: int = logging.INFO,
     ):
         self.segment = segment
+        # A live node logs every command an operator sends; a bag replay sends hundreds (DEBUG).
+        self.command_log_level = command_log_level
         self.commands = commands if commands is not None else CommandBook()
         self.on_result = on_result
         self.clock_ns = clock_ns
@@ -318,7 +321,7 @@ class Pipeline:
         except ValueError as e:
             self.reject("command", str(e))
             return None
-        self.log(f"command:{command.command_id}", logging.INFO,
+        self.log(f"command:{command.command_id}", self.command_log_level,
                  f"command {command.command_id}: {command.text!r}")
         return command
 
