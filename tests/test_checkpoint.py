@@ -51,3 +51,23 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
         atomic_save({"v": 2, "bad": Unpicklable()}, path)
     assert torch.load(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_export_weights_drops_training_state_and_still_loads(tmp_path):
+    from coupalign_core.checkpoint import export_weights
+
+    cfg = CoupAlignConfig.preset("tiny")
+    model = CoupAlign(cfg).eval()
+    tok = build_tokenizer(cfg)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 3, 96, 96), *map(torch.from_numpy, tok(["a cup"], cfg.max_tokens))).logits.sum().backward()
+    optimizer.step()
+    src = save_checkpoint(tmp_path / "last.pt", model, tok, optimizer=optimizer.state_dict(), step=3)
+    dst = export_weights(src, tmp_path / "release.pt", command="coupalign train ...")
+    assert dst.stat().st_size < 0.5 * src.stat().st_size
+    state = read_checkpoint(dst)
+    assert "optimizer" not in state and state["step"] == 3
+    assert state["provenance"]["command"] == "coupalign train ..."
+    loaded, _, _ = load_model(dst)
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b)
