@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads and onnxruntime intra-op threads (default: torch's and the usable cores)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--markdown", default=None, help="write the table (with machine and command) here")
     parser.add_argument("--json", dest="json_out", default=None, help="write all numbers as JSON here")
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     width, height = parse_image_size(args.image_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # process-wide: every torch backend below
     if args.checkpoint:
         from coupalign_core.checkpoint import load_model
 
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     segmenters = {}
     for backend, precision, options in args.backends:
         name = f"{backend} {precision}" + "".join(f" {k}={v}" for k, v in options.items())
+        if args.threads and backend == "onnxruntime":
+            options.setdefault("num_threads", args.threads)
         segmenters[name] = Segmenter(model, tokenizer, backend=backend, device=args.device, precision=precision,
                                      batch_size=args.batch, cache_dir=args.cache_dir, **options)
     machine = machine_info()
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/compare_backends.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = "\n".join([
         f"**{source}**, {width}x{height} frames, batch {args.batch}, {args.runs} interleaved runs after "
-        f"{args.warmup} warm-up, on {where}; torch {machine['torch']}, onnxruntime {machine.get('onnxruntime')}; "
+        f"{args.warmup} warm-up, on {where}, torch threads {torch.get_num_threads()}; torch {machine['torch']}, "
+        f"onnxruntime {machine.get('onnxruntime')}; "
         f"{timestamp()}; 1-min load average {machine['load_average_1min']:.2f} before, {load_after:.2f} after.",
         "",
         table,

@@ -299,6 +299,8 @@ def test_bad_options_raise(model_and_tokenizer):
         Segmenter(model, tok, backend="torch", precision="int8")
     with pytest.raises(ValueError, match="threshold must be in"):
         Segmenter(model, tok, backend="torch", threshold=1.5)
+    with pytest.raises(ValueError, match="fp32 or fp16 graphs"):
+        Segmenter(model, tok, backend="onnxruntime", precision="bf16")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

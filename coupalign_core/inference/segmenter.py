@@ -107,7 +107,8 @@ class Segmenter:
     ``compile``/``compile_mode``/``precision_mode`` (torch), ``batch_size`` (the fixed batch of
     exported graphs: ``batch()`` runs chunks of it), ``opset``/``exporter`` (the on-the-fly
     export), ``cache_dir`` (exports and engines; default ``$COUPALIGN_CACHE_DIR`` or
-    ``~/.cache/coupalign``), ``workspace_gb`` (TensorRT builder memory).
+    ``~/.cache/coupalign``), ``workspace_gb`` (TensorRT builder memory), ``model_sha256`` (the
+    weights' hash keying the export cache, when the caller already has it; computed otherwise).
     """
 
     def __init__(
@@ -136,6 +137,8 @@ class Segmenter:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         check_precision(precision)
         name, device = _resolve(backend, device, precision, allow_torch=True)
+        if name == "onnxruntime" and precision == "bf16":
+            raise ValueError("the onnxruntime backend runs fp32 or fp16 graphs; use backend 'torch' or 'tensorrt' for bf16")
         export = dict(batch_size=batch_size, opset=opset, exporter=exporter, cache_dir=cache_dir, source_sha256=model_sha256)
         impl: InferenceBackend
         if name == "torch":
@@ -172,7 +175,7 @@ class Segmenter:
         mask_threshold: float = 0.5,
         clear_mask_if_not_found: bool = True,
     ) -> "Segmenter":
-        """Wrap an already built backend (the benchmark uses this to share one export)."""
+        """Wrap an already built backend (a custom one, or one shared by several Segmenters)."""
         self = cls.__new__(cls)
         self._setup(backend, tokenizer, config, threshold, mask_threshold, clear_mask_if_not_found)
         return self
@@ -235,6 +238,8 @@ class Segmenter:
                 raise ValueError(f"{path} is a {info.precision} graph; it cannot run in {precision}")
             precision = info.precision
         name, device = _resolve(backend, device, check_precision(precision), allow_torch=False)
+        if name == "onnxruntime" and precision == "bf16":
+            raise ValueError("the onnxruntime backend runs fp32 or fp16 graphs; use backend 'tensorrt' for bf16")
         if name == "tensorrt" and info.precision != "fp32":
             raise ValueError(f"the tensorrt backend builds from the fp32 export; {path} is {info.precision}")
         if name == "onnxruntime":
