@@ -195,7 +195,7 @@ def _tiny() -> CoupAlignConfig:
     # WordPiece vocab so that sentences tokenise as they would with BERT.
     return CoupAlignConfig(
         image_encoder="swin_tiny_patch4_window7_224",
-        image_encoder_kwargs=dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
+        image_encoder_kwargs=dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0),
         window_size=6,
         image_size=96,
         text_encoder="bert-tiny-random",
