@@ -234,9 +234,9 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(data_root, tmp_path):
                                                   max_steps=100, grad_accum=2, batch_size=1))
     trainer = Trainer(config, tmp_path)
     micro = [collate([trainer.train_set[0]]), collate([trainer.train_set[1]])]  # 2 accumulated halves
-    losses = [trainer.train_step(micro)["loss"] for _ in range(6)]
-    assert losses[-1] < 0.6 * losses[0], losses
-    assert trainer.scheduler.last_epoch == 6
+    losses = [trainer.train_step(micro)["loss"] for _ in range(12)]
+    assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
+    assert trainer.scheduler.last_epoch == 12
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -249,8 +249,8 @@ def test_mixed_precision_steps_learn(data_root, tmp_path, amp):
     assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     batch = collate([trainer.train_set[0], trainer.train_set[1]])
-    losses = [trainer.train_step([batch])["loss"] for _ in range(6)]
-    assert losses[-1] < 0.6 * losses[0], losses
+    losses = [trainer.train_step([batch])["loss"] for _ in range(12)]
+    assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
