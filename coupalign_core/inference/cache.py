@@ -63,6 +63,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; cached exports are not secrets
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
