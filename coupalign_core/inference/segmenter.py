@@ -409,8 +409,13 @@ def _resolve(backend: str, device: Optional[str], precision: str, allow_torch: b
         if device not in (None, "cuda"):
             raise ValueError(f"the tensorrt backend runs on device 'cuda' only, got {device!r}")
         return backend, "cuda"
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:  # the GPU when this backend can use one here
+        gpu = torch.cuda.is_available()
+        if backend == "onnxruntime":
+            from .backends.onnxruntime_backend import available_providers
+
+            gpu = gpu and "CUDAExecutionProvider" in available_providers()
+        device = "cuda" if gpu else "cpu"
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return backend, device
