@@ -279,3 +279,90 @@ def test_tensorrt_matches_torch(tiny, tiny_onnx, tmp_path, precision):
     assert abs(a.score - b.score) < (1e-3 if precision == "fp32" else 2e-2)
     assert np.mean(a.mask != b.mask) < (1e-3 if precision == "fp32" else 1e-2)
     assert list((tmp_path / "tensorrt").glob("*.engine"))  # cached for the next start
+
+
+# ---- the build recipe, against a stand-in for the tensorrt module ---------------------------------
+class FakeTensorRT:
+    """Just enough of the TensorRT 10/11 builder API to run build_engine without TensorRT.
+
+    Records what the recipe asked for; ``parse_ok``/``build_ok`` make the parser or builder fail.
+    """
+
+    __version__ = "10.9.0"
+
+    def __init__(self, parse_ok=True, build_ok=True):
+        self.calls: dict = {}
+        fake = self
+
+        class Logger:
+            WARNING = "warning"
+
+            def __init__(self, level):
+                fake.calls["logger"] = level
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls["pool"] = (pool, size)
+
+            def create_timing_cache(self, data):
+                fake.calls["timing_in"] = bytes(data)
+                return SimpleNamespace(serialize=lambda: memoryview(bytes(data) + b"+new"))
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                fake.calls["ignore_mismatch"] = ignore_mismatch
+                self.cache = cache
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls["flags"] = flags
+                return "network"
+
+            def create_builder_config(self):
+                return Config()
+
+            def build_serialized_network(self, network, config):
+                return memoryview(b"PLAN") if build_ok else None
+
+        class OnnxParser:
+            num_errors = 0 if parse_ok else 2
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls["parsed"] = path
+                return parse_ok
+
+            def get_error(self, i):
+                return f"error {i}"
+
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=5)
+        self.MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
+
+
+def test_build_engine_recipe_and_timing_cache(tmp_path):
+    from coupalign_core.inference.backends.tensorrt_backend import build_engine
+
+    timing = tmp_path / "timing.cache"
+    trt = FakeTensorRT()
+    plan = build_engine(tmp_path / "m.onnx", workspace_bytes=123, timing_cache_path=timing, trt=trt)
+    assert plan == b"PLAN"
+    assert trt.calls["flags"] == 1 << 5  # strongly typed
+    assert trt.calls["parsed"] == str(tmp_path / "m.onnx")
+    assert trt.calls["pool"] == ("workspace", 123)
+    assert trt.calls["timing_in"] == b"" and trt.calls["ignore_mismatch"] is False
+    assert timing.read_bytes() == b"+new"  # saved for the next build...
+    build_engine(tmp_path / "m.onnx", timing_cache_path=timing, trt=FakeTensorRT())
+    assert timing.read_bytes() == b"+new+new"  # ...and loaded by it
+
+    with pytest.raises(RuntimeError, match="rejected .*error 0; error 1"):
+        build_engine(tmp_path / "m.onnx", trt=FakeTensorRT(parse_ok=False))
+    with pytest.raises(RuntimeError, match="could not build an engine"):
+        build_engine(tmp_path / "m.onnx", trt=FakeTensorRT(build_ok=False))
