@@ -300,7 +300,7 @@ def replay_bag(
     progress: bool = True,
 ) -> ReplayReport:
     """Replay ``bag`` through the node's :class:`Pipeline` synchronously (every frame, none dropped
-    for speed), pairing each image with the command in force at its stamp.
+    for speed), pairing each image with the command in force when it was recorded.
 
     Writes ``ReferringSegmentation`` results to ``out`` (same storage as the input unless
     ``out_storage``), scores them against ``gt_topic`` masks with RISMetrics, and draws a contact
@@ -376,13 +376,15 @@ def replay_bag(
                     pipeline.reject("image", str(e))
                     continue
                 stamp = stamp_to_ns(msg.header)
-                if warmup and (command := pipeline.commands.for_stamp(stamp)) is not None:
+                # Pair on the recording clock, which commands share with images; header stamps can
+                # be on another clock (a bag re-recorded with `ros2 bag record`).
+                if warmup and (command := pipeline.commands.for_stamp(timestamp)) is not None:
                     warmup = False
                     try:
                         pipeline.run_segmenter(image, command.text)
                     except Exception:  # process() below meets, counts and logs the same failure
                         pass
-                output = pipeline.process(Frame(image, stamp, str(msg.header.frame_id), msg.header))
+                output = pipeline.process(Frame(image, timestamp, str(msg.header.frame_id), msg.header))
                 if output is None:
                     continue
                 report.processed += 1

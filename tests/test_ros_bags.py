@@ -200,3 +200,26 @@ def test_interface_files_are_found_from_the_source_tree():
     with pytest.raises(FileNotFoundError, match="not found; looked in"):
         bag_tools.interface_text("msg/Nope.msg")
     assert Path(__file__).resolve().parents[1] / "msg" in bag_tools.interface_dirs()
+
+
+def test_a_bag_re_recorded_on_another_clock_still_pairs_commands(tmp_path):
+    """`ros2 bag record` of a played bag stores receive times, while images keep their header
+    stamps from the original clock: commands must be paired on the recording clock."""
+    from rosbags.rosbag2 import Reader, Writer
+
+    items = make_items(4)
+    original = tmp_path / "original"
+    write_bag(items, original)
+    rerecorded = tmp_path / "rerecorded"
+    shift = 95_797_601 * 1_000_000_000  # recorded much later than the header stamps say
+    with Reader(original) as reader, Writer(rerecorded, version=8) as writer:
+        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=bag_tools.make_typestore("jazzy"))
+                 for c in reader.connections}
+        for conn, timestamp, raw in reader.messages():
+            writer.write(conns[conn.id], timestamp + shift, raw)
+
+    seg = RedSegmenter()
+    report = replay_bag(rerecorded, seg, progress=False)
+    assert report.processed == 4 and report.with_ground_truth == 4
+    assert [t for _, t, _ in seg.calls[1:]] == [it.sentence for it in items]
+    assert report.metrics["oIoU"] == pytest.approx(100 * (4 * 80) / (2 * 80 + 2 * 96))
