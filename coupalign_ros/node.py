@@ -251,7 +251,9 @@ class CoupAlignNode(LifecycleNode):
                        else ReliabilityPolicy.BEST_EFFORT)
         image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability,
                                durability=DurabilityPolicy.VOLATILE)
-        command_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+        # Depth 10, not 1: `ros2 bag play` (or a burst from a speech front end) can deliver two
+        # commands before the callback runs; the pipeline's command book decides which applies.
+        command_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
         if values["image_transport"] == "compressed":
             self._subs.append(self.create_subscription(CompressedImage, self._image_topic(values),
