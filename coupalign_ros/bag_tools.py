@@ -190,6 +190,7 @@ def write_bag(
     gt_topic: str = GT_TOPIC,
     frame_id: str = "camera_color_optical_frame",
     total: Optional[int] = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Write ``items`` as a timed camera + command + ground-truth bag; returns a summary."""
     from tqdm import tqdm
@@ -208,7 +209,8 @@ def write_bag(
         command_conn = writer.add_connection(command_topic, STRING_TYPE, typestore=typestore,
                                              offered_qos_profiles=[_command_qos()])
         gt_conn = writer.add_connection(gt_topic, IMAGE_TYPE, typestore=typestore)
-        for item in tqdm(itertools.chain([first], items), total=total, desc="make-bag", unit="frame"):
+        for item in tqdm(itertools.chain([first], items), total=total, desc="make-bag", unit="frame",
+                         disable=not progress):
             command_ns = stamp - COMMAND_LEAD_NS
             writer.write(command_conn, command_ns, typestore.serialize_cdr(String(data=item.sentence), STRING_TYPE))
             header = _header(typestore, stamp, frame_id)

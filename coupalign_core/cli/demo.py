@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     log.info("2/3 recording %d sentences of split %s as a %s/%s bag", len(dataset), args.split,
              args.storage, args.distro)
-    write_bag(refer_items(dataset), out / "bag", storage=args.storage, distro=args.distro, total=len(dataset))
+    write_bag(refer_items(dataset), out / "bag", storage=args.storage, distro=args.distro, total=len(dataset),
+              progress=not args.no_progress)
 
     log.info("3/3 replaying the bag through %s (%s backend, %s)", checkpoint, args.backend, args.device)
     segmenter = Segmenter.from_checkpoint(checkpoint, backend=args.backend, device=args.device)
