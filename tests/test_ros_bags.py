@@ -7,7 +7,6 @@ checked exactly; tests/test_ros_cli.py runs the same path with a real Segmenter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,7 @@ import pytest
 from coupalign_ros import bag_tools
 from coupalign_ros.bag_tools import BagItem, read_results, replay_bag, write_bag
 from coupalign_ros.conversions import mono8_to_mask
-
-
-@dataclass
-class Result:
-    mask: np.ndarray
-    score: float
-    found: bool
-    bbox: tuple[int, int, int, int] | None
-    timings: dict = field(default_factory=dict)
+from coupalign_core.inference import SegmentationResult
 
 
 class RedSegmenter:
@@ -38,7 +29,7 @@ class RedSegmenter:
         mask = (image[:, :, 0] > 200) & (image[:, :, 1] < 50)
         ys, xs = np.nonzero(mask)
         bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else None
-        return Result(mask, 0.9 if xs.size else 0.1, bool(xs.size), bbox)
+        return SegmentationResult(mask, 0.9 if xs.size else 0.1, bool(xs.size), bbox)
 
 
 def make_items(n: int = 6, h: int = 24, w: int = 32) -> list[BagItem]:

@@ -11,23 +11,12 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 from coupalign_ros.pipeline import CommandBook, Frame, FrameSlot, Pipeline, ThrottledLog
-
-
-@dataclass
-class Result:
-    """Shape of coupalign_core.inference.SegmentationResult."""
-
-    mask: np.ndarray
-    score: float
-    found: bool
-    bbox: tuple[int, int, int, int] | None
-    timings: dict = field(default_factory=dict)
+from coupalign_core.inference import SegmentationResult
 
 
 class BrightSegmenter:
@@ -48,7 +37,7 @@ class BrightSegmenter:
         ys, xs = np.nonzero(mask)
         bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else None
         score = float(mask.mean())
-        return Result(mask, score, score >= 0.5, bbox, {"inference": self.delay_s * 1e3})
+        return SegmentationResult(mask, score, score >= 0.5, bbox, {"inference": self.delay_s * 1e3})
 
 
 def frame(number: int, stamp_ns: int | None = None, size: int = 8) -> Frame:
