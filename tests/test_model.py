@@ -275,7 +275,7 @@ def test_swin_stages_equal_timm_forward_intermediates(tiny):
     x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
     with torch.no_grad():
         want = swin.forward_intermediates(x, norm=False, output_fmt="NCHW", intermediates_only=True)
-        v = tiny.image_encoder.embed(x)
+        v = tiny.image_encoder.patch_embed(x)  # timm's Swin has no absolute position embedding
         got = []
         for i in range(4):
             v = tiny.image_encoder.stage(i, v)
@@ -283,6 +283,31 @@ def test_swin_stages_equal_timm_forward_intermediates(tiny):
     assert len(want) == 4
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+def test_absolute_position_embedding_adds_a_sincos_table(tiny):
+    """The tiny preset's Swin "ape": embed = patch_embed + a learnable table that starts as the MAE
+    2-D sin-cos values (sin/cos of y in the first half of the channels, of x in the second)."""
+    from coupalign_core.model.positional import sincos_2d
+
+    enc = tiny.image_encoder
+    assert tiny.config.image_abs_pos_embed and enc.abs_pos_embed is not None
+    x = torch.randn(2, 3, tiny.config.image_size, tiny.config.image_size)
+    with torch.no_grad():
+        added = enc.embed(x) - enc.patch_embed(x)  # (B, H/4, W/4, C_1)
+    c = enc.channels[0]
+    table = sincos_2d(c, (3, 5))[0]  # (C, 3, 5)
+    quarter = c // 4
+    omega1 = 1.0 / 10000 ** (1 / quarter)
+    assert table[0, 2, 4].item() == pytest.approx(math.sin(2.0))  # sin(y * omega_0), y = 2
+    assert table[quarter + 1, 2, 4].item() == pytest.approx(math.cos(2.0 * omega1))  # cos(y * omega_1)
+    assert table[2 * quarter + 1, 2, 4].item() == pytest.approx(math.sin(4.0 * omega1))  # sin(x * omega_1), x = 4
+    assert table[3 * quarter, 1, 3].item() == pytest.approx(math.cos(3.0))  # cos(x * omega_0)
+    assert isinstance(enc.abs_pos_embed.weight, torch.nn.Parameter)  # learnable
+    grid = tiny.config.image_size // 4
+    torch.testing.assert_close(added, sincos_2d(c, (grid, grid)).permute(0, 2, 3, 1).expand(2, -1, -1, -1))
+    # the paper preset has none
+    assert CoupAlignConfig().image_abs_pos_embed is False
 
 
 def test_bert_stages_equal_the_whole_model(tiny):
@@ -342,6 +367,8 @@ def test_image_encoder_loads_local_pretrained_weights(tmp_path, tiny):
     torch.save(swin.state_dict(), tmp_path / "swin.pth")
     model = CoupAlign(cfg.replace(image_pretrained=str(tmp_path / "swin.pth")))
     for name, value in model.image_encoder.state_dict().items():
+        if name.startswith("abs_pos_embed."):  # ours, not timm's: keeps its sin-cos start
+            continue
         torch.testing.assert_close(value, swin.state_dict()[name.replace("stages.", "layers.")])
     with pytest.raises(FileNotFoundError, match="neither an existing weights file"):
         CoupAlign(cfg.replace(image_pretrained=str(tmp_path / "missing.pth")))

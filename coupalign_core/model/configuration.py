@@ -31,6 +31,12 @@ class CoupAlignConfig:
     # None: random init. Otherwise a local weights file (.pth/.safetensors/.bin) or, with internet,
     # a timm pretrained tag such as "timm" (uses the timm hub weights of ``image_encoder``).
     image_pretrained: Optional[str] = None
+    # Swin's optional absolute position embedding ("ape" in the Swin paper's code, off there and in
+    # the paper preset): a learnt (H/4, W/4, C_1) table added after the patch embedding,
+    # initialised with 2-D sin-cos values. Swin otherwise knows only relative positions inside a
+    # window, and a small model trained from scratch then has to learn "leftmost" and "second from
+    # the right" from the 1/32 fusion grid alone.
+    image_abs_pos_embed: bool = False
 
     # ---- text encoder (BERT family) -------------------------------------------------------------
     # Hugging Face id or local folder of a BERT-family model and its tokenizer.
@@ -198,11 +204,15 @@ def _tiny() -> CoupAlignConfig:
         image_encoder_kwargs=dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0),
         window_size=6,
         image_size=96,
+        image_abs_pos_embed=True,
         text_encoder="bert-tiny-random",
         text_pretrained=False,
+        # No dropout (as drop_path_rate=0 above): trained from nothing for minutes on endless
+        # generated data, the model underfits; without BERT's 0.1 dropout the synthetic benchmark
+        # learnt ~3 oIoU points faster per step (measured at step 4500).
         text_config=dict(
             hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-            vocab_size=30522,
+            vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         ),
         tokenizer=str(minilm_path()),
         max_tokens=20,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .configuration import CoupAlignConfig
+from .positional import LearnedPositionalEmbedding2d
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,18 @@ class SwinImageEncoder(nn.Module):
         self.patch_embed = swin.patch_embed
         self.stages = swin.layers
         self.channels: list[int] = [int(info["num_chs"]) for info in swin.feature_info]  # C_1..C_4
+        # Swin's optional absolute position embedding (see CoupAlignConfig.image_abs_pos_embed).
+        grid = (config.image_size // 4, config.image_size // 4)
+        self.abs_pos_embed = (
+            LearnedPositionalEmbedding2d(self.channels[0], grid, init="sincos") if config.image_abs_pos_embed else None
+        )
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.patch_embed(images)  # (B, H/4, W/4, C_1)
+        x = self.patch_embed(images)  # (B, H/4, W/4, C_1)
+        if self.abs_pos_embed is not None:
+            b, h, w, c = x.shape
+            x = x + self.abs_pos_embed(h, w).reshape(1, h, w, c)
+        return x
 
     def stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """SwinStage_{index+1}: NHWC in, NHWC out at the stage's resolution."""

@@ -8,11 +8,17 @@ from torch import nn
 
 
 class LearnedPositionalEmbedding2d(nn.Module):
-    def __init__(self, dim: int, grid: tuple[int, int]):
+    def __init__(self, dim: int, grid: tuple[int, int], init: str = "normal"):
         super().__init__()
         self.grid = grid
         self.weight = nn.Parameter(torch.zeros(1, dim, grid[0], grid[1]))
-        nn.init.trunc_normal_(self.weight, std=0.02)
+        if init == "sincos":
+            with torch.no_grad():
+                self.weight.copy_(sincos_2d(dim, grid))
+        elif init == "normal":
+            nn.init.trunc_normal_(self.weight, std=0.02)
+        else:
+            raise ValueError(f"init must be 'normal' or 'sincos', got {init!r}")
 
     def forward(self, height: int, width: int) -> torch.Tensor:
         """(1, height*width, dim); bicubic resize of the table when (height, width) != grid."""
@@ -20,3 +26,18 @@ class LearnedPositionalEmbedding2d(nn.Module):
         if (height, width) != self.grid:
             w = F.interpolate(w, size=(height, width), mode="bicubic", align_corners=False)
         return w.flatten(2).transpose(1, 2)
+
+
+def sincos_2d(dim: int, grid: tuple[int, int], temperature: float = 10000.0) -> torch.Tensor:
+    """(1, dim, H, W) fixed 2-D sin-cos table (MAE): dim/2 channels encode y, dim/2 encode x."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos embedding needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
+    ys, xs = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64), torch.arange(grid[1], dtype=torch.float64), indexing="ij"
+    )
+    ang_y = ys[None] * omega[:, None, None]  # (dim/4, H, W)
+    ang_x = xs[None] * omega[:, None, None]
+    table = torch.cat([ang_y.sin(), ang_y.cos(), ang_x.sin(), ang_x.cos()])  # (dim, H, W)
+    return table[None].float()
