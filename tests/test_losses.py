@@ -125,7 +125,7 @@ def test_total_is_eq17_plus_presence():
     seg = loss.segmentation_loss(logits, target)
     aux = loss.auxiliary_loss(emb, target)
     assert aux[0].item() == 0.0 and aux[1].item() > 0
-    bce = (math.log(2) + math.log1p(math.exp(-2))) / 2  # targets present = [0, 1]
+    bce = (math.log(2) + math.log1p(math.exp(-2))) / 2  # targets present = [0, 1]: balanced = plain mean
     assert out["presence"].item() == pytest.approx(bce, rel=1e-6)
     expected = (seg + 0.3 * aux).mean().item() + 0.5 * bce
     assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
@@ -133,6 +133,20 @@ def test_total_is_eq17_plus_presence():
     out_none = loss(output(logits, emb, None), target)
     assert out_none["presence"].item() == 0.0
     assert out_none["loss"].item() == pytest.approx((seg + 0.3 * aux).mean().item(), rel=1e-6)
+
+
+def test_presence_loss_balances_present_and_absent_targets():
+    """One absent target among four: it carries half the loss, the three present ones the other half."""
+    target = torch.zeros(4, 8, 8)
+    target[1:, 2:5, 2:5] = 1  # sample 0 absent, 1-3 present
+    logits = torch.tensor([1.0, 2.0, -1.0, 0.5])
+    bce = lambda x, y: math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x))  # noqa: E731
+    expected = 0.5 * bce(1.0, 0) + 0.5 * (bce(2.0, 1) + bce(-1.0, 1) + bce(0.5, 1)) / 3
+    got = make_loss().presence_loss(logits, target)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # a batch of one class is its plain mean
+    got_all = make_loss().presence_loss(logits[1:], target[1:])
+    assert got_all.item() == pytest.approx((bce(2.0, 1) + bce(-1.0, 1) + bce(0.5, 1)) / 3, rel=1e-6)
 
 
 def test_gradients_reach_logits_and_embeddings():
