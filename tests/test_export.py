@@ -11,7 +11,8 @@ import torch
 
 from coupalign_core.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 from coupalign_core.inference.export import (
-    FORMAT, OnnxModelInfo, cached_onnx, example_inputs, export_onnx, read_onnx_info, verify_onnx,
+    FORMAT, OnnxModelInfo, cached_onnx, cached_onnxruntime_fused_onnx, example_inputs, export_onnx, read_onnx_info,
+    verify_onnx,
 )
 from coupalign_core.inference.graph import InferenceGraph
 from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
@@ -88,6 +89,26 @@ def test_onnxruntime_matches_torch_tiny(tiny, tiny_onnx, sentences):
     got = backend(images.numpy(), ids, mask)
     assert np.abs(got.logits - expected[0]).max() <= 1e-4
     assert np.abs(got.presence_logits - expected[1]).max() <= 1e-4
+
+
+def test_onnxruntime_fusions_replace_the_decomposed_gelus(tiny, tiny_onnx, onnx_cache):
+    """The onnxruntime backend's copy: every Erf-GELU of Swin and BERT becomes one BiasGelu, the
+    outputs stay within 1e-4 of torch, and the copy is cached."""
+    model, tok = tiny
+    plain = onnx.load(str(tiny_onnx))
+    fused_path = cached_onnxruntime_fused_onnx(tiny_onnx, onnx_cache)
+    fused = onnx.load(str(fused_path))
+    ops = lambda m: [n.op_type for n in m.graph.node]  # noqa: E731
+    n_gelu = ops(plain).count("Erf")
+    # one per Swin block and BERT layer at least (the mask generator's FFNs add theirs)
+    assert n_gelu >= sum(model.config.image_encoder_kwargs["depths"]) + model.config.text_config["num_hidden_layers"]
+    assert "Erf" not in ops(fused) and ops(fused).count("BiasGelu") == n_gelu
+    assert len(fused.graph.node) < len(plain.graph.node)
+    assert {p.key: p.value for p in fused.metadata_props} == {p.key: p.value for p in plain.metadata_props}
+    assert verify_onnx(model, tok, fused_path) <= 1e-4
+    mtime = fused_path.stat().st_mtime_ns
+    assert cached_onnxruntime_fused_onnx(tiny_onnx, onnx_cache) == fused_path
+    assert fused_path.stat().st_mtime_ns == mtime
 
 
 def test_export_cache_reuses_the_file(tiny, tiny_onnx, onnx_cache):
@@ -176,8 +197,10 @@ def test_onnxruntime_matches_torch_small(tmp_path):
     tok = build_tokenizer(config)
     path = export_onnx(model, tok, tmp_path / "small.onnx", verify=False)
     onnx.checker.check_model(str(path))
+    fused = cached_onnxruntime_fused_onnx(path, tmp_path)  # what the onnxruntime backend runs
     for sentence in ["cup", "the person on the far right wearing a dark jacket"]:
         inputs = list(example_inputs(config, tok, 1, seed=len(sentence)))
         ids, mask = tok([sentence], config.max_tokens)
         inputs[1:] = [torch.from_numpy(ids), torch.from_numpy(mask)]
         assert verify_onnx(model, tok, path, tuple(inputs)) <= 1e-4
+        assert verify_onnx(model, tok, fused, tuple(inputs)) <= 1e-4

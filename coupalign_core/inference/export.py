@@ -275,3 +275,36 @@ def cached_low_precision_onnx(
     converted = convert_float_precision(onnx.load(str(onnx_path)), precision)
     atomic_write_bytes(path, converted.SerializeToString())
     return path
+
+
+def cached_onnxruntime_fused_onnx(onnx_path: str | os.PathLike, cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """An fp32 export with onnxruntime's transformer fusions, cached beside the other exports.
+
+    ``onnxruntime.transformers.optimizer`` (graph rewrites only, ``opt_level=0``) turns the
+    exporter's decomposed GELUs (Div, Erf, Add, Mul, Mul) into one ``BiasGelu`` contrib op and
+    decomposed layer norms into ``LayerNormalization``; onnxruntime's own session optimiser does not
+    match these patterns in the dynamo export. The result only runs on onnxruntime (contrib ops),
+    so the portable export stays as it is and only the onnxruntime backend reads this copy.
+    """
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    onnx_path = Path(onnx_path)
+    key = key_digest({"source": sha256_file(onnx_path), "fusions": "gelu+layernorm", "format": FORMAT})
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{onnx_path.stem}-ortfused-{key[:12]}.onnx"
+    if path.is_file():
+        return path
+    options = FusionOptions("bert")
+    # Only the element-wise fusions: the attention and skip-layer-norm ones match nothing in a
+    # Swin + BERT export with relative-position biases and need shape inference besides.
+    for name in ("enable_attention", "enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_embed_layer_norm",
+                 "enable_rotary_embeddings", "enable_qordered_matmul", "enable_shape_inference"):
+        setattr(options, name, False)
+    fused = optimize_model(str(onnx_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False,
+                           optimization_options=options)
+    counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+    log.info("onnxruntime fusions for %s: %s", onnx_path.name, counts or "none")
+    model: onnx.ModelProto = fused.model
+    atomic_write_bytes(path, model.SerializeToString())
+    return path

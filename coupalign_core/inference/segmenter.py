@@ -36,7 +36,9 @@ import torch
 from ..data.transforms import preprocess_image
 from ..model.modeling import presence_score
 from .backends import BACKENDS, InferenceBackend, check_precision, choose_backend, probe_environment
-from .export import DEFAULT_OPSET, OnnxModelInfo, cached_low_precision_onnx, cached_onnx, read_onnx_info
+from .export import (
+    DEFAULT_OPSET, OnnxModelInfo, cached_low_precision_onnx, cached_onnx, cached_onnxruntime_fused_onnx, read_onnx_info,
+)
 from .inputs import check_rgb_image
 
 log = logging.getLogger(__name__)
@@ -151,7 +153,7 @@ class Segmenter:
         elif name == "onnxruntime":
             from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-            onnx_path = cached_low_precision_onnx(cached_onnx(model, tokenizer, **export), precision, cache_dir)
+            onnx_path = _onnxruntime_graph(cached_onnx(model, tokenizer, **export), precision, cache_dir)
             impl = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision)
         else:
             from .backends.tensorrt_backend import TensorRTBackend, require_tensorrt_and_cuda
@@ -245,7 +247,7 @@ class Segmenter:
         if name == "onnxruntime":
             from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-            onnx_path = path if info.precision != "fp32" else cached_low_precision_onnx(path, precision, cache_dir)
+            onnx_path = path if info.precision != "fp32" else _onnxruntime_graph(path, precision, cache_dir)
             impl: InferenceBackend = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision)
         else:
             from .backends.tensorrt_backend import TensorRTBackend
@@ -397,6 +399,13 @@ class Segmenter:
                 mask = np.zeros((h, w), dtype=bool)
             results.append(SegmentationResult(mask=mask, score=score, found=found, bbox=mask_bbox(mask)))
         return results
+
+
+def _onnxruntime_graph(onnx_path: str | os.PathLike, precision: str, cache_dir: Optional[str | os.PathLike]) -> Path:
+    """The graph the onnxruntime backend runs: fp32 with onnxruntime's fusions, or the fp16 copy."""
+    if precision == "fp32":
+        return cached_onnxruntime_fused_onnx(onnx_path, cache_dir)
+    return cached_low_precision_onnx(onnx_path, precision, cache_dir)
 
 
 def _resolve(backend: str, device: Optional[str], precision: str, allow_torch: bool) -> tuple[str, str]:
