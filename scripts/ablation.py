@@ -38,9 +38,9 @@ METRICS = ("oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9")
 CLI = [sys.executable, "-m", "coupalign_core.cli.main", "-q"]
 
 
-def train(variant: str, seed: int, steps: int, config: Path, out: Path) -> Path:
+def train(variant: str, seed: int, steps: int, config: Path, out: Path, extra: dict[str, str]) -> Path:
     run_dir = out / f"{variant}_seed{seed}"
-    sets = {**VARIANTS[variant], "train.seed": str(seed), "train.max_steps": str(steps),
+    sets = {**extra, **VARIANTS[variant], "train.seed": str(seed), "train.max_steps": str(steps),
             "train.decay_steps": str(steps), "train.max_minutes": "null"}
     cmd = [*CLI, "train", "--config", str(config), "--output-dir", str(run_dir), "--resume"]
     for key, value in sets.items():
@@ -49,11 +49,16 @@ def train(variant: str, seed: int, steps: int, config: Path, out: Path) -> Path:
     return run_dir / "last.pt"
 
 
-def score(checkpoint: Path, data_root: Path, out_json: Path) -> dict:
+def score(checkpoint: Path, data_root: Path, out_json: Path, threads: int | None) -> dict:
     if not out_json.is_file():
-        subprocess.run([*CLI, "eval", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
-                        "--splits", "val", "testA", "testB", "--json", str(out_json), "--no-progress"],
-                       check=True)
+        cmd = [*CLI, "eval", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
+               "--splits", "val", "testA", "testB", "--json", str(out_json), "--no-progress"]
+        env = None
+        if threads:
+            import os
+
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run(cmd, check=True, env=env)
     return json.loads(out_json.read_text())
 
 
@@ -78,6 +83,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per run (same for all)")
     parser.add_argument("--eval-seed", type=int, default=777, help="world used for scoring only")
     parser.add_argument("--eval-images", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: the config's); 1 lets another job share a 2-core CPU")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for every variant, as `coupalign train --set`")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--table", type=Path, default=Path("docs/ablation.md"))
     args = parser.parse_args()
@@ -87,11 +96,14 @@ def main() -> int:
         subprocess.run([*CLI, "synth", "--out", str(eval_root), "--seed", str(args.eval_seed),
                         "--num-images", str(args.eval_images), "--no-progress"], check=True)
 
+    extra = dict(item.split("=", 1) for item in args.sets)
+    if args.threads:
+        extra["train.num_threads"] = str(args.threads)
     results: dict[str, list[dict]] = {}
     for variant in args.variants:
         for seed in args.seeds:
-            ckpt = train(variant, seed, args.steps, args.config, args.out)
-            results.setdefault(variant, []).append(score(ckpt, eval_root, ckpt.parent / "eval.json"))
+            ckpt = train(variant, seed, args.steps, args.config, args.out, extra)
+            results.setdefault(variant, []).append(score(ckpt, eval_root, ckpt.parent / "eval.json", args.threads))
 
     import torch
 
@@ -101,7 +113,7 @@ def main() -> int:
         "",
         f"Each variant: `{args.config}`, {args.steps} optimizer steps, seeds {args.seeds}; scored on a",
         f"world of seed {args.eval_seed} that no run trained on. Machine: {device}. Reproduce with",
-        f"`python scripts/ablation.py --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}`.",
+        f"`python {' '.join(sys.argv)}`.",
         "",
         table(results, "val", "## val (mean ± std over seeds)"),
         "",
