@@ -249,7 +249,7 @@ def test_mixed_precision_steps_learn(data_root, tmp_path, amp):
     assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     batch = collate([trainer.train_set[0], trainer.train_set[1]])
-    losses = [trainer.train_step([batch])["loss"] for _ in range(12)]
+    losses = [trainer.train_step([batch])["loss"] for _ in range(20)]  # fp16: the first ~4 overflow and are skipped
     assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
