@@ -171,6 +171,25 @@ def test_export_verb(tiny, tmp_path, capsys):
     assert r.mask.shape == (30, 40) and seg.backend.precision == "fp16"
 
 
+def test_export_verb_weights_keeps_what_inference_needs(tiny, tmp_path, capsys):
+    """--format weights: the release copy (how models/coupalign-synthetic.pt is made) drops the
+    optimizer state and loads into the same model."""
+    from coupalign_core.checkpoint import load_model, read_checkpoint, save_checkpoint
+    from coupalign_core.cli.main import main
+
+    model, tok = tiny
+    optimizer_state = {"state": {0: {"exp_avg": torch.zeros(100_000)}}}  # what a training run carries
+    ckpt = save_checkpoint(tmp_path / "train.pt", model, tok, optimizer=optimizer_state, step=7)
+    out = tmp_path / "release.pt"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "weights", "--out", str(out)]) == 0
+    state = read_checkpoint(out)
+    assert "optimizer" not in state and state["step"] == 7
+    assert out.stat().st_size < ckpt.stat().st_size
+    loaded, _, _ = load_model(out)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
+
+
 def test_export_verb_tensorrt_without_tensorrt_fails_clearly(tiny, tmp_path, capsys):
     from coupalign_core.cli.main import main
     from coupalign_core.inference.backends.tensorrt_backend import tensorrt_available

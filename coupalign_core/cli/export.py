@@ -8,6 +8,10 @@ strongly typed TensorRT build (trtexec --stronglyTyped) expects.
 
 TensorRT: builds an engine for this machine's GPU and TensorRT version (strongly typed, precision
 from the ONNX) and writes PATH plus PATH.json (config and tokenizer).
+
+weights: a release copy of a training checkpoint (config, vocabulary, fp32 weights, step and
+validation metrics; no optimizer, scheduler or RNG state), loadable like any checkpoint. This is
+how models/coupalign-synthetic.pt is made.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
-    parser.add_argument("--format", choices=("onnx", "tensorrt"), required=True, help="what to write")
-    parser.add_argument("--out", required=True, help="output file (.onnx or .engine)")
+    parser.add_argument("--format", choices=("onnx", "tensorrt", "weights"), required=True, help="what to write")
+    parser.add_argument("--out", required=True, help="output file (.onnx, .engine or .pt)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default %(default)s)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
@@ -40,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from coupalign_core.inference.export import export_onnx
 
     out = Path(args.out)
+    if args.format == "weights":
+        from coupalign_core.checkpoint import export_weights
+
+        export_weights(args.checkpoint, out)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        return 0
     if args.format == "tensorrt":
         from coupalign_core.inference.backends.tensorrt_backend import export_engine, require_tensorrt_and_cuda
 
