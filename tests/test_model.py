@@ -343,6 +343,8 @@ def test_config_round_trips_and_validates(tmp_path):
         CoupAlignConfig(wpa_stages=(0, 5))
     with pytest.raises(ValueError, match="wpa_direction"):
         CoupAlignConfig(wpa_direction="sideways")
+    # YAML 1.1 reads a bare `off` as false (also through `--set model.wpa_direction=off`)
+    assert CoupAlignConfig.from_yaml("wpa_direction: off\nimage_size: 448\n").wpa_direction == "off"
     with pytest.raises(ValueError, match="unknown preset"):
         CoupAlignConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown CoupAlignConfig fields"):

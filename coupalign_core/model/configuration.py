@@ -104,6 +104,8 @@ class CoupAlignConfig:
         self.image_encoder_kwargs = {
             k: tuple(v) if isinstance(v, list) else v for k, v in self.image_encoder_kwargs.items()
         }
+        if self.wpa_direction is False:  # YAML 1.1 reads a bare `off` as false
+            self.wpa_direction = "off"
         bad = [s for s in self.wpa_stages if s not in (1, 2, 3, 4)]
         if bad:
             raise ValueError(f"wpa_stages must be a subset of (1, 2, 3, 4), got {self.wpa_stages}")
