@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -53,11 +54,7 @@ def score(checkpoint: Path, data_root: Path, out_json: Path, threads: int | None
     if not out_json.is_file():
         cmd = [*CLI, "eval", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
                "--splits", "val", "testA", "testB", "--json", str(out_json), "--no-progress"]
-        env = None
-        if threads:
-            import os
-
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
         subprocess.run(cmd, check=True, env=env)
     return json.loads(out_json.read_text())
 

@@ -139,8 +139,6 @@ class Segmenter:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         check_precision(precision)
         name, device = _resolve(backend, device, precision, allow_torch=True)
-        if name == "onnxruntime" and precision == "bf16":
-            raise ValueError("the onnxruntime backend runs fp32 or fp16 graphs; use backend 'torch' or 'tensorrt' for bf16")
         export = dict(batch_size=batch_size, opset=opset, exporter=exporter, cache_dir=cache_dir, source_sha256=model_sha256)
         impl: InferenceBackend
         if name == "torch":
@@ -240,8 +238,6 @@ class Segmenter:
                 raise ValueError(f"{path} is a {info.precision} graph; it cannot run in {precision}")
             precision = info.precision
         name, device = _resolve(backend, device, check_precision(precision), allow_torch=False)
-        if name == "onnxruntime" and precision == "bf16":
-            raise ValueError("the onnxruntime backend runs fp32 or fp16 graphs; use backend 'tensorrt' for bf16")
         if name == "tensorrt" and info.precision != "fp32":
             raise ValueError(f"the tensorrt backend builds from the fp32 export; {path} is {info.precision}")
         if name == "onnxruntime":
@@ -410,6 +406,9 @@ def _onnxruntime_graph(onnx_path: str | os.PathLike, precision: str, cache_dir: 
 
 def _resolve(backend: str, device: Optional[str], precision: str, allow_torch: bool) -> tuple[str, str]:
     """Backend name and device; ``auto`` asks ``choose_backend`` and logs its reason."""
+    if backend == "onnxruntime" and precision == "bf16":
+        others = "'torch' or 'tensorrt'" if allow_torch else "'tensorrt'"
+        raise ValueError(f"the onnxruntime backend runs fp32 or fp16 graphs; use backend {others} for bf16")
     if backend == "auto":
         name, device, reason = choose_backend(device, precision, probe_environment(), allow_torch=allow_torch)
         log.info("backend='auto' chose %s on %s: %s", name, device, reason)

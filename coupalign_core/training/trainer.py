@@ -321,11 +321,13 @@ class Trainer:
             log.warning("config differs from the checkpoint's in %s", ", ".join(diff))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        wanted = (self.scheduler.end_lr, self.scheduler.decay_steps, self.scheduler.power,
-                  self.scheduler.warmup_steps, list(self.scheduler.base_lrs))
+        def schedule() -> tuple:
+            sch = self.scheduler
+            return sch.end_lr, sch.decay_steps, sch.power, sch.warmup_steps, list(sch.base_lrs)
+
+        wanted = schedule()
         self.scheduler.load_state_dict(state["scheduler"])
-        stored = (self.scheduler.end_lr, self.scheduler.decay_steps, self.scheduler.power,
-                  self.scheduler.warmup_steps, list(self.scheduler.base_lrs))
+        stored = schedule()
         if stored != wanted and self.ctx.is_main:
             log.warning("the learning-rate schedule continues as the checkpoint's (end_lr, decay_steps, "
                         "power, warm-up, base lr = %s), not this config's %s", stored, wanted)
