@@ -38,6 +38,9 @@
   - The ground truth is resized to Y1's size with nearest neighbour ("nearest-exact", which picks
     the pixel at the centre of each 4×4 cell, the one the embedding is centred on).
 
+* Dice (not in the paper; ``dice_loss_weight``, 0 in the paper preset): ``1 - (2 Σ p·t + 1) /
+  (Σ p + Σ t + 1)`` per image on the sigmoid of the same logits as ``L_seg``, added to it. The +1
+  keeps an empty target finite (its Dice loss is then ``Σ p / (Σ p + 1)``: any predicted pixel costs).
 * Presence (not in the paper; see ``CoupAlignConfig.presence_head``): binary cross entropy of
   ``presence_logits`` against "the target mask is non-empty", weighted by ``presence_loss_weight``,
   added only when the model has a presence head.
@@ -57,7 +60,8 @@ class CoupAlignLoss(nn.Module):
     """Eq. 17 (+ presence term). ``forward(output, target)`` returns scalar tensors
     ``{"loss", "seg", "aux", "presence"}``: ``loss`` is the weighted total to back-propagate;
     ``seg``, ``aux`` and ``presence`` are the unweighted batch means, for logging (``aux`` is still
-    measured, without gradient, when λ = 0 so that "w/o aux loss" runs can be compared).
+    measured, without gradient, when λ = 0 so that "w/o aux loss" runs can be compared; ``seg``
+    includes the weighted Dice term when ``dice_loss_weight`` > 0).
     """
 
     def __init__(self, config) -> None:
@@ -77,11 +81,15 @@ class CoupAlignLoss(nn.Module):
         self.aux_temperature = float(config.aux_temperature)
         self.aux_max_pixels = int(config.aux_max_pixels)
         self.presence_loss_weight = float(config.presence_loss_weight)
+        self.dice_loss_weight = float(getattr(config, "dice_loss_weight", 0.0))
+        if self.dice_loss_weight < 0:
+            raise ValueError(f"dice_loss_weight must be >= 0, got {self.dice_loss_weight}")
 
     def extra_repr(self) -> str:
         return (
             f"λ={self.aux_loss_weight}, τ={self.aux_temperature}, "
-            f"aux_max_pixels={self.aux_max_pixels}, presence_weight={self.presence_loss_weight}"
+            f"aux_max_pixels={self.aux_max_pixels}, presence_weight={self.presence_loss_weight}, "
+            f"dice_weight={self.dice_loss_weight}"
         )
 
     # ---- forward --------------------------------------------------------------------------------
@@ -97,6 +105,8 @@ class CoupAlignLoss(nn.Module):
         target = target.to(device=logits.device, dtype=torch.float32)  # (B, H, W) in {0, 1}
 
         seg = self.segmentation_loss(logits, target)  # (B,)
+        if self.dice_loss_weight > 0:
+            seg = seg + self.dice_loss_weight * self.dice_loss(logits, target)
         if self.aux_loss_weight > 0:
             aux = self.auxiliary_loss(output.pixel_embeddings, target)  # (B,)
         else:
@@ -123,6 +133,17 @@ class CoupAlignLoss(nn.Module):
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         bce = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")  # (B, H, W)
         return bce.flatten(1).mean(1)
+
+    @staticmethod
+    def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Soft Dice per image: logits (B,1,h,w), target (B,H,W) -> (B,), in [0, 1)."""
+        logits = logits.float()
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        prob = logits[:, 0].sigmoid().flatten(1)  # (B, HW)
+        truth = target.flatten(1)  # (B, HW)
+        overlap = (prob * truth).sum(1)
+        return 1.0 - (2.0 * overlap + 1.0) / (prob.sum(1) + truth.sum(1) + 1.0)
 
     def auxiliary_loss(self, pixel_embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Eq. 14-16 per image. pixel_embeddings (B,C,h,w) = Y1, target (B,H,W) -> (B,)."""

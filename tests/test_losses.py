@@ -135,6 +135,22 @@ def test_total_is_eq17_plus_presence():
     assert out_none["loss"].item() == pytest.approx((seg + 0.3 * aux).mean().item(), rel=1e-6)
 
 
+def test_dice_term_by_hand_and_added_to_seg():
+    # σ(ln 3) = 3/4, σ(-ln 3) = 1/4. Image 0: p = [3/4, 1/4], t = [1, 0]: overlap 3/4, Σp = 1, Σt = 1
+    # -> 1 - (1.5 + 1) / (1 + 1 + 1) = 1/6. Image 1, empty target: 1 - 1 / (Σp + 1) = 1 - 1/2 = 1/2.
+    l3 = math.log(3.0)
+    logits = torch.tensor([[l3, -l3], [l3, -l3]]).view(2, 1, 1, 2)
+    target = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])
+    dice = CoupAlignLoss.dice_loss(logits, target)
+    assert dice.tolist() == pytest.approx([1 / 6, 1 / 2], rel=1e-6)
+    loss = make_loss(aux_loss_weight=0.0, dice_loss_weight=2.0)
+    out = loss(output(logits, torch.randn(2, 3, 1, 2)), target)
+    seg = CoupAlignLoss.segmentation_loss(logits, target)
+    assert out["seg"].item() == pytest.approx((seg + 2.0 * dice).mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="dice_loss_weight"):
+        make_loss(dice_loss_weight=-1.0)
+
+
 def test_presence_loss_balances_present_and_absent_targets():
     """One absent target among four: it carries half the loss, the three present ones the other half."""
     target = torch.zeros(4, 8, 8)

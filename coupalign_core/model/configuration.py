@@ -97,6 +97,11 @@ class CoupAlignConfig:
     # 1024 x 1024 pairs keep memory bounded at 448 input (12,544 pixels per image).
     aux_max_pixels: int = 1024
     presence_loss_weight: float = 0.1
+    # Weight of a soft Dice term added to L_seg (not in the paper, whose L_seg is BCE alone: 0 in
+    # the paper preset). BCE averages over pixels, so a small object's mistakes weigh little and a
+    # model trained from scratch lingers on "almost empty" masks; Dice scores the overlap itself,
+    # the quantity IoU measures.
+    dice_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.wpa_stages = tuple(int(s) for s in self.wpa_stages)
