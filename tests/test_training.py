@@ -170,6 +170,30 @@ def test_resume_refuses_a_different_global_batch(data_root, tmp_path):
         Trainer(config, tmp_path, resume=tmp_path / "missing.pt")
 
 
+def test_init_from_takes_weights_only_and_refuses_another_architecture(data_root, tmp_path):
+    first = TrainingConfig.from_dict(tiny_config(data_root, max_steps=2, eval_every=0, overlay_samples=0))
+    Trainer(first, tmp_path / "stage1").fit()
+    stage1 = read_checkpoint(tmp_path / "stage1" / "last.pt")
+
+    # Stage 2 (a different loss weight is allowed): starts from stage 1's weights at step 0, with a
+    # fresh optimizer and the warm-up of its own schedule.
+    raw = tiny_config(data_root, max_steps=1, eval_every=0, overlay_samples=0,
+                      init_from=str(tmp_path / "stage1" / "last.pt"))
+    raw["model"]["dice_loss_weight"] = 1.0
+    second = Trainer(TrainingConfig.from_dict(raw), tmp_path / "stage2")
+    assert second.step == 0 and not second.optimizer.state
+    assert second.scheduler.last_epoch == 0  # its own schedule, from the start
+    assert_same_params(stage1["model"], {k: v for k, v in second.model.state_dict().items()})
+    second.fit()
+    moved = read_checkpoint(tmp_path / "stage2" / "last.pt")["model"]
+    assert any(not torch.equal(moved[k], stage1["model"][k]) for k in moved)
+
+    other = tiny_config(data_root, max_steps=1, init_from=str(tmp_path / "stage1" / "last.pt"))
+    other["model"]["num_queries"] = 5
+    with pytest.raises(ValueError, match="not this config's architecture"):
+        Trainer(TrainingConfig.from_dict(other), tmp_path / "stage3")
+
+
 # ---- (b) torchrun -------------------------------------------------------------------------------------
 RANK_SCRIPT = """
 import hashlib, json, os, sys

@@ -145,6 +145,11 @@ class OptimConfig:
     log_every: int = 20
     overlay_samples: int = 8  # validation items drawn in the overlay grid at each evaluation
     find_unused_parameters: bool = False  # DDP; needed only for a model with unused branches
+    # A checkpoint whose model weights start this run (a second training stage, or a fine-tune of a
+    # trained model): only the weights are taken; optimizer, schedule and step count start afresh,
+    # and the model config must describe the same architecture (loss weights may differ).
+    # ``--resume`` takes precedence: a resumed stage continues from its own last.pt.
+    init_from: Optional[str] = None
     output_dir: Optional[str] = None
 
     def __post_init__(self) -> None:

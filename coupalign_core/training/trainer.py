@@ -162,6 +162,8 @@ class Trainer:
         else:
             model_config = dataclasses.replace(config.model)  # the model fills in text_config
         self.model: nn.Module = CoupAlign(model_config).to(self.device)
+        if self._resume_state is None and cfg.init_from:
+            self._init_weights_from(cfg.init_from)
         if self.ctx.is_distributed and self.device.type == "cuda":
             # LAVT's SyncBatchNorm (the SegHead's BatchNorms); it keeps the parameter objects.
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -209,6 +211,24 @@ class Trainer:
             log.warning("train.amp=%s on %s: CPU autocast is slower than float32 unless the CPU has "
                         "bf16/fp16 matrix units (set train.amp=none otherwise)", amp, self.device)
         return torch.bfloat16 if amp == "bf16" else torch.float16
+
+    def _init_weights_from(self, path: str | os.PathLike) -> None:
+        """``train.init_from``: this run's model starts from another checkpoint's weights."""
+        state = read_checkpoint(path)
+        own = self.model.state_dict()
+        theirs = state["model"]
+        missing = sorted(set(own) - set(theirs))
+        unexpected = sorted(set(theirs) - set(own))
+        reshaped = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)
+        if missing or unexpected or reshaped:
+            raise ValueError(
+                f"train.init_from {path}: its model is not this config's architecture (missing "
+                f"{missing[:5]}, unexpected {unexpected[:5]}, other shapes {reshaped[:5]}); "
+                f"init_from needs the same model config up to loss weights"
+            )
+        self.model.load_state_dict(theirs)
+        if self.ctx.is_main:
+            log.info("train.init_from: model weights from %s (step %s of that run)", path, state.get("step", "?"))
 
     def _resolve_resume(self, resume: Optional[str | os.PathLike]) -> Optional[Path]:
         if resume is None:
