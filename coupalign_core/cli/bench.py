@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="frames per call (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: usable cores)")
+    parser.add_argument("--cpu-provider", choices=("auto", "openvino", "cpu"), default="auto",
+                        help="onnxruntime on the CPU: OpenVINO's kernels or onnxruntime's own (default: OpenVINO when installed)")
     parser.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
     parser.add_argument("--text", default=None, help="sentence to segment (default: a fixed 9-word sentence)")
     parser.add_argument("--cache-dir", default=None, help="ONNX/engine cache (default ~/.cache/coupalign)")
@@ -48,9 +50,11 @@ def run(args: argparse.Namespace) -> int:
         seg = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device,
                                         precision=None if args.precision == "fp32" else args.precision)
     elif args.checkpoint and args.checkpoint.endswith(".onnx"):
-        seg = Segmenter.from_checkpoint(args.checkpoint, num_threads=args.threads, **options)
+        seg = Segmenter.from_checkpoint(args.checkpoint, num_threads=args.threads, cpu_provider=args.cpu_provider,
+                                        **options)
     else:
-        extra = dict(batch_size=args.batch, num_threads=args.threads, compile=args.compile)
+        extra = dict(batch_size=args.batch, num_threads=args.threads, cpu_provider=args.cpu_provider,
+                     compile=args.compile)
         if args.checkpoint:
             seg = Segmenter.from_checkpoint(args.checkpoint, **options, **extra)
         else:

@@ -206,11 +206,13 @@ def export_onnx(
     return out_path
 
 
-def verify_onnx(model: nn.Module, tokenizer, onnx_path: str | os.PathLike, inputs=None) -> float:
-    """Max-abs difference between onnxruntime (CPU) and torch fp32 over every output."""
+def verify_onnx(model: nn.Module, tokenizer, onnx_path: str | os.PathLike, inputs=None,
+                cpu_provider: str = "cpu") -> float:
+    """Max-abs difference between onnxruntime on the CPU (its own kernels by default, or
+    ``cpu_provider="openvino"``) and torch fp32 over every output."""
     from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(onnx_path, device="cpu")
+    backend = OnnxRuntimeBackend(onnx_path, device="cpu", cpu_provider=cpu_provider)
     if inputs is None:
         inputs = example_inputs(model.config, tokenizer, backend.batch_size)
     graph = InferenceGraph(_on_cpu(model))

@@ -106,6 +106,8 @@ class Segmenter:
     which a pixel is foreground.
 
     Backend options: ``num_threads`` (onnxruntime intra-op threads; default the usable cores),
+    ``cpu_provider`` (onnxruntime on the CPU: ``"auto"``, ``"openvino"`` or ``"cpu"``; see
+    ``backends.onnxruntime_backend.resolve_cpu_provider``),
     ``compile``/``compile_mode``/``precision_mode`` (torch), ``batch_size`` (the fixed batch of
     exported graphs: ``batch()`` runs chunks of it), ``opset``/``exporter`` (the on-the-fly
     export), ``cache_dir`` (exports and engines; default ``$COUPALIGN_CACHE_DIR`` or
@@ -125,6 +127,7 @@ class Segmenter:
         mask_threshold: float = 0.5,
         clear_mask_if_not_found: bool = True,
         num_threads: Optional[int] = None,
+        cpu_provider: str = "auto",
         compile: bool = False,
         compile_mode: Optional[str] = None,
         precision_mode: str = "autocast",
@@ -151,8 +154,10 @@ class Segmenter:
         elif name == "onnxruntime":
             from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-            onnx_path = _onnxruntime_graph(cached_onnx(model, tokenizer, **export), precision, cache_dir)
-            impl = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision)
+            provider = _onnxruntime_provider(device, precision, cpu_provider)
+            onnx_path = _onnxruntime_graph(cached_onnx(model, tokenizer, **export), precision, provider, cache_dir)
+            impl = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision,
+                                      cpu_provider=provider if device == "cpu" else "auto")
         else:
             from .backends.tensorrt_backend import TensorRTBackend, require_tensorrt_and_cuda
 
@@ -223,6 +228,7 @@ class Segmenter:
         mask_threshold: float = 0.5,
         clear_mask_if_not_found: bool = True,
         num_threads: Optional[int] = None,
+        cpu_provider: str = "auto",
         cache_dir: Optional[str | os.PathLike] = None,
         workspace_gb: float = 4.0,
     ) -> "Segmenter":
@@ -243,8 +249,11 @@ class Segmenter:
         if name == "onnxruntime":
             from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-            onnx_path = path if info.precision != "fp32" else _onnxruntime_graph(path, precision, cache_dir)
-            impl: InferenceBackend = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision)
+            provider = _onnxruntime_provider(device, precision, cpu_provider)
+            onnx_path = path if info.precision != "fp32" else _onnxruntime_graph(path, precision, provider, cache_dir)
+            impl: InferenceBackend = OnnxRuntimeBackend(
+                onnx_path, device=device, num_threads=num_threads, precision=precision,
+                cpu_provider=provider if device == "cpu" else "auto")
         else:
             from .backends.tensorrt_backend import TensorRTBackend
 
@@ -397,11 +406,26 @@ class Segmenter:
         return results
 
 
-def _onnxruntime_graph(onnx_path: str | os.PathLike, precision: str, cache_dir: Optional[str | os.PathLike]) -> Path:
-    """The graph the onnxruntime backend runs: fp32 with onnxruntime's fusions, or the fp16 copy."""
-    if precision == "fp32":
+def _onnxruntime_provider(device: str, precision: str, cpu_provider: str) -> str:
+    """"cuda", or the CPU provider an onnxruntime session of this precision will use."""
+    from .backends.onnxruntime_backend import resolve_cpu_provider
+
+    if device == "cuda":
+        return "cuda"
+    provider = resolve_cpu_provider(cpu_provider)  # checks the choice even where it is not used
+    return provider if precision == "fp32" else "cpu"
+
+
+def _onnxruntime_graph(onnx_path: str | os.PathLike, precision: str, provider: str,
+                       cache_dir: Optional[str | os.PathLike]) -> Path:
+    """The graph the onnxruntime backend runs: the portable export for OpenVINO (standard ONNX
+    only), the copy with onnxruntime's contrib-op fusions for its own CPU and CUDA kernels, or
+    the fp16 copy."""
+    if precision != "fp32":
+        return cached_low_precision_onnx(onnx_path, precision, cache_dir)
+    if provider in ("cpu", "cuda"):
         return cached_onnxruntime_fused_onnx(onnx_path, cache_dir)
-    return cached_low_precision_onnx(onnx_path, precision, cache_dir)
+    return Path(onnx_path)
 
 
 def _resolve(backend: str, device: Optional[str], precision: str, allow_torch: bool) -> tuple[str, str]:

@@ -35,6 +35,27 @@ def available_providers() -> list[str]:
         return []
 
 
+CPU_PROVIDERS = ("auto", "openvino", "cpu")
+
+
+def resolve_cpu_provider(choice: str = "auto") -> str:
+    """Which onnxruntime provider runs a CPU session: ``"openvino"`` (Intel's OpenVINO kernels,
+    in the onnxruntime-openvino package that requirements.txt installs on x86-64 Linux) or
+    ``"cpu"`` (onnxruntime's own). ``"auto"``: OpenVINO when this onnxruntime has it."""
+    if choice not in CPU_PROVIDERS:
+        raise ValueError(f"cpu_provider must be one of {CPU_PROVIDERS}, got {choice!r}")
+    has_openvino = "OpenVINOExecutionProvider" in available_providers()
+    if choice == "openvino" and not has_openvino:
+        raise RuntimeError(
+            "cpu_provider='openvino' needs onnxruntime's OpenVINO execution provider: "
+            "`pip uninstall onnxruntime && pip install onnxruntime-openvino` (x86-64 Linux or "
+            f"Windows), or use cpu_provider='cpu' (providers here: {available_providers()})"
+        )
+    if choice == "auto":
+        return "openvino" if has_openvino else "cpu"
+    return choice
+
+
 def default_num_threads() -> int:
     """Cores this process may use: ORT's own default counts every core of the machine."""
     try:
@@ -51,6 +72,13 @@ class OnnxRuntimeBackend(InferenceBackend):
     starves a ROS executor. ``num_threads`` defaults to the cores this process may run on.
     ``precision`` says what the graph computes in: an fp16 graph comes from
     ``onnx_precision.convert_float_precision`` (the caller prepares it; see the Segmenter).
+
+    On the CPU, an fp32 graph runs on OpenVINO's execution provider when onnxruntime has it
+    (``cpu_provider="auto"``; see :func:`resolve_cpu_provider`), pinned to FP32 inference (on CPUs
+    with bf16 units OpenVINO would otherwise be free to compute in bf16) and to ``num_threads``
+    threads. OpenVINO reads only standard ONNX: give it the portable export, not the copy with
+    onnxruntime's contrib-op fusions (``export.cached_onnxruntime_fused_onnx``), which is for the
+    ``"cpu"`` provider. Other precisions always use the ``"cpu"`` provider.
     """
 
     name = "onnxruntime"
@@ -66,6 +94,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         precision: str = "fp32",
         device_id: int = 0,
         dynamic_block_base: int = 4,
+        cpu_provider: str = "auto",
     ):
         ort = _import_ort()
         self.onnx_path = Path(onnx_path)
@@ -109,8 +138,14 @@ class OnnxRuntimeBackend(InferenceBackend):
                     "CUDA 12 and cuDNN 9, or use device='cpu'"
                 )
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            self.provider = "cuda"
         else:
-            providers = ["CPUExecutionProvider"]
+            self.provider = resolve_cpu_provider(cpu_provider) if self.precision == "fp32" else "cpu"
+            if self.provider == "openvino":
+                ov_options = {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(self.num_threads)}
+                providers = [("OpenVINOExecutionProvider", ov_options), "CPUExecutionProvider"]
+            else:
+                providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=providers)
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise RuntimeError(
