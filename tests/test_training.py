@@ -322,10 +322,17 @@ def test_paper_configs_hold_the_papers_numbers(name, dataset, split_by):
     assert t.eval_every == Interval(1, "epoch")
 
 
-def test_synthetic_cpu_config_parses():
+def test_synthetic_configs_parse():
     config = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_cpu.yaml")
     assert config.model.image_size == 96 and config.train.max_minutes is not None
     assert config.data.dataset == "synthetic" and config.data.synthesize
+    stage1 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped.yaml")
+    stage2 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage2.yaml")
+    # stage 2 starts from stage 1's last checkpoint, with the same architecture
+    assert stage2.train.init_from == f"{stage1.train.output_dir}/last.pt"
+    arch = lambda m: {k: v for k, v in m.to_dict().items() if not k.endswith("loss_weight")}  # noqa: E731
+    assert arch(stage1.model) == arch(stage2.model)
+    assert stage2.data.synthesize["seed"] != stage1.data.synthesize["seed"]
 
 
 def test_overrides_and_bad_configs(data_root):
