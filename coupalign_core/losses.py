@@ -56,6 +56,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def at_target_size(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Float32 logits (B,1,h,w) at the ground truth's (H, W): M -> M', bilinear upsampling of the
+    prediction (a no-op when the sizes already agree)."""
+    logits = logits.float()
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return logits
+
+
 class CoupAlignLoss(nn.Module):
     """Eq. 17 (+ presence term). ``forward(output, target)`` returns scalar tensors
     ``{"loss", "seg", "aux", "presence"}``: ``loss`` is the weighted total to back-propagate;
@@ -66,24 +75,22 @@ class CoupAlignLoss(nn.Module):
 
     def __init__(self, config) -> None:
         """``config``: a ``CoupAlignConfig`` (reads aux_loss_weight λ, aux_temperature τ,
-        aux_max_pixels and presence_loss_weight)."""
+        aux_max_pixels, presence_loss_weight and dice_loss_weight)."""
         super().__init__()
         if config.aux_temperature <= 0:
             raise ValueError(f"aux_temperature must be > 0, got {config.aux_temperature}")
         if config.aux_max_pixels < 1:
             raise ValueError(f"aux_max_pixels must be >= 1, got {config.aux_max_pixels}")
-        if config.aux_loss_weight < 0 or config.presence_loss_weight < 0:
+        if config.aux_loss_weight < 0 or config.presence_loss_weight < 0 or config.dice_loss_weight < 0:
             raise ValueError(
                 f"loss weights must be >= 0, got aux_loss_weight={config.aux_loss_weight}, "
-                f"presence_loss_weight={config.presence_loss_weight}"
+                f"presence_loss_weight={config.presence_loss_weight}, dice_loss_weight={config.dice_loss_weight}"
             )
         self.aux_loss_weight = float(config.aux_loss_weight)
         self.aux_temperature = float(config.aux_temperature)
         self.aux_max_pixels = int(config.aux_max_pixels)
         self.presence_loss_weight = float(config.presence_loss_weight)
-        self.dice_loss_weight = float(getattr(config, "dice_loss_weight", 0.0))
-        if self.dice_loss_weight < 0:
-            raise ValueError(f"dice_loss_weight must be >= 0, got {self.dice_loss_weight}")
+        self.dice_loss_weight = float(config.dice_loss_weight)
 
     def extra_repr(self) -> str:
         return (
@@ -104,6 +111,7 @@ class CoupAlignLoss(nn.Module):
             )
         target = target.to(device=logits.device, dtype=torch.float32)  # (B, H, W) in {0, 1}
 
+        logits = at_target_size(logits, target)  # once for both mask terms
         seg = self.segmentation_loss(logits, target)  # (B,)
         if self.dice_loss_weight > 0:
             seg = seg + self.dice_loss_weight * self.dice_loss(logits, target)
@@ -127,19 +135,14 @@ class CoupAlignLoss(nn.Module):
     @staticmethod
     def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Eq. 13 per image: mean BCE over pixels. logits (B,1,h,w), target (B,H,W) -> (B,)."""
-        logits = logits.float()
-        if logits.shape[-2:] != target.shape[-2:]:
-            # M -> M': bilinear upsampling of the prediction to the ground truth's size.
-            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        logits = at_target_size(logits, target)
         bce = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")  # (B, H, W)
         return bce.flatten(1).mean(1)
 
     @staticmethod
     def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Soft Dice per image: logits (B,1,h,w), target (B,H,W) -> (B,), in [0, 1)."""
-        logits = logits.float()
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        logits = at_target_size(logits, target)
         prob = logits[:, 0].sigmoid().flatten(1)  # (B, HW)
         truth = target.flatten(1)  # (B, HW)
         overlap = (prob * truth).sum(1)

@@ -152,12 +152,8 @@ class Segmenter:
                 compile=compile, compile_mode=compile_mode,
             )
         elif name == "onnxruntime":
-            from .backends.onnxruntime_backend import OnnxRuntimeBackend
-
-            provider = _onnxruntime_provider(device, precision, cpu_provider)
-            onnx_path = _onnxruntime_graph(cached_onnx(model, tokenizer, **export), precision, provider, cache_dir)
-            impl = OnnxRuntimeBackend(onnx_path, device=device, num_threads=num_threads, precision=precision,
-                                      cpu_provider=provider if device == "cpu" else "auto")
+            impl = _onnxruntime_backend(cached_onnx(model, tokenizer, **export), device, precision, num_threads,
+                                        cpu_provider, cache_dir)
         else:
             from .backends.tensorrt_backend import TensorRTBackend, require_tensorrt_and_cuda
 
@@ -247,13 +243,9 @@ class Segmenter:
         if name == "tensorrt" and info.precision != "fp32":
             raise ValueError(f"the tensorrt backend builds from the fp32 export; {path} is {info.precision}")
         if name == "onnxruntime":
-            from .backends.onnxruntime_backend import OnnxRuntimeBackend
-
-            provider = _onnxruntime_provider(device, precision, cpu_provider)
-            onnx_path = path if info.precision != "fp32" else _onnxruntime_graph(path, precision, provider, cache_dir)
-            impl: InferenceBackend = OnnxRuntimeBackend(
-                onnx_path, device=device, num_threads=num_threads, precision=precision,
-                cpu_provider=provider if device == "cpu" else "auto")
+            # a graph exported in fp16 is run as it is; an fp32 one gets its backend copy
+            impl: InferenceBackend = _onnxruntime_backend(path, device, precision, num_threads, cpu_provider,
+                                                          cache_dir, prepared=info.precision != "fp32")
         else:
             from .backends.tensorrt_backend import TensorRTBackend
 
@@ -404,6 +396,19 @@ class Segmenter:
                 mask = np.zeros((h, w), dtype=bool)
             results.append(SegmentationResult(mask=mask, score=score, found=found, bbox=mask_bbox(mask)))
         return results
+
+
+def _onnxruntime_backend(onnx_path: str | os.PathLike, device: str, precision: str, num_threads: Optional[int],
+                         cpu_provider: str, cache_dir: Optional[str | os.PathLike], prepared: bool = False) -> InferenceBackend:
+    """The onnxruntime backend over the graph its provider runs (``prepared``: ``onnx_path`` is
+    that graph already)."""
+    from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    provider = _onnxruntime_provider(device, precision, cpu_provider)
+    graph = Path(onnx_path) if prepared else _onnxruntime_graph(onnx_path, precision, provider, cache_dir)
+    # "cuda" is no CPU provider: the backend reads cpu_provider only on the CPU
+    return OnnxRuntimeBackend(graph, device=device, num_threads=num_threads, precision=precision,
+                              cpu_provider=provider if device == "cpu" else "auto")
 
 
 def _onnxruntime_provider(device: str, precision: str, cpu_provider: str) -> str:
