@@ -57,6 +57,20 @@ def test_same_seed_same_files_other_seed_other_world(tmp_path):
     assert a["splits"]["train"]["images"] == 6 and a["splits"]["val"]["images"] == 2
 
 
+def test_workers_make_the_same_world(tmp_path):
+    one, three = tmp_path / "one", tmp_path / "three"
+    a = generate(one, seed=5, num_images=24, progress=False)
+    b = generate(three, seed=5, num_images=24, progress=False, workers=3)
+    assert {k: v for k, v in a.items() if k not in ("root", "refs_file", "instances_file", "image_dir")} == {
+        k: v for k, v in b.items() if k not in ("root", "refs_file", "instances_file", "image_dir")}
+    for name in sorted(p.name for p in (one / "images" / "synthetic").iterdir()):
+        assert (one / "images" / "synthetic" / name).read_bytes() == (three / "images" / "synthetic" / name).read_bytes()
+    assert (one / "synthetic" / "instances.json").read_bytes() == (three / "synthetic" / "instances.json").read_bytes()
+    refs_one = pickle.loads((one / "synthetic" / "refs(unc).p").read_bytes())
+    assert refs_one == pickle.loads((three / "synthetic" / "refs(unc).p").read_bytes())
+    assert [r["ref_id"] for r in refs_one] == list(range(1, len(refs_one) + 1))  # numbered in image order
+
+
 def test_overwrite(tmp_path):
     generate(tmp_path, seed=1, num_images=6, progress=False)
     with pytest.raises(ValueError, match="already holds a synthetic benchmark"):

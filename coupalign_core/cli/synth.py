@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="expected share of refs naming something absent (empty mask; default %(default)s)")
     parser.add_argument("--image-size", type=parse_size, default=DEFAULT_IMAGE_SIZE, metavar="WxH",
                         help="image width x height (default %dx%d)" % DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes rendering images (default 1); the world is the same for any count")
     parser.add_argument("--overwrite", action="store_true", help="replace a benchmark already under ROOT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -57,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
     summary = generate(args.out, seed=args.seed, num_images=args.num_images, image_size=args.image_size,
                        no_target_fraction=args.no_target_fraction, overwrite=args.overwrite,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, workers=args.workers)
     print(format_summary(summary))
     return 0

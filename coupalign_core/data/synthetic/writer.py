@@ -7,14 +7,19 @@
     <out_root>/images/synthetic/*.png        the pictures (ReferDataset's default image_root for "synthetic")
 
 Image ``i`` depends only on ``(seed, i)``: the same seed gives byte-identical files, a larger
-``num_images`` extends the same world, and another seed gives a fresh one.
+``num_images`` extends the same world, and another seed gives a fresh one. Images can be rendered in
+several processes (``workers``): the pictures and instances.json are the same bytes, and the refs
+pickle loads to the same refs (its bytes can differ, as pickle shares equal strings by identity).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 from pathlib import Path
@@ -75,6 +80,53 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: str, extra_per_ref: float):
+    """Image ``index`` of the world: writes its PNG, returns (image record, annotations, ref specs, stats).
+
+    Depends only on ``(seed, index)``, so images can be made in any process; ref and sentence ids
+    are numbered by the caller, in index order.
+    """
+    rng = np.random.default_rng([seed, index])
+    split = split_of(index)
+    image_id = index + 1
+    scene: Scene = sample_scene(rng, width, height, SPLIT_PROFILES[split])
+    picture = render(rng, scene)
+    file_name = image_file_name(image_id)
+    path = os.path.join(image_dir, file_name)
+    if not cv2.imwrite(path, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        raise RuntimeError(f"could not write image {path}")
+    image = {"id": image_id, "file_name": file_name, "width": width, "height": height,
+             "split": split, "num_objects": len(scene.objects)}
+    annotations, stats = [], collections.Counter()
+    for z, obj in enumerate(scene.objects):
+        segmentation, _ = _segmentation(obj)
+        annotations.append({
+            "id": image_id * 100 + z, "image_id": image_id, "category_id": CATEGORY_IDS[obj.shape],
+            "segmentation": segmentation, "area": float(obj.area), "bbox": _bbox(obj.mask), "iscrowd": 0,
+            "attributes": {"shape": obj.shape, "color": obj.color, "size": obj.size},
+            "z_order": z, "full_area": obj.full_area, "occluded": obj.occluded,
+        })
+        stats["objects"] += 1
+        stats["occluded_objects"] += obj.occluded
+    looks = collections.Counter((o.shape, o.color) for o in scene.objects)
+    stats["images_with_3_alike"] += max(looks.values()) >= 3
+
+    num_refs = int(rng.integers(REFS_PER_IMAGE[0], REFS_PER_IMAGE[1] + 1))
+    expected_extra = num_refs * extra_per_ref
+    num_no_target = int(expected_extra) + int(rng.random() < expected_extra - int(expected_extra))
+    views = ex.scene_views(scene)
+    specs = []
+    for spec in ex.make_refs(rng, views, num_refs=num_refs, sentences_per_ref=SENTENCES_PER_REF,
+                             num_no_target=num_no_target):
+        specs.append({
+            "ann_id": NO_TARGET_ANN_ID if spec.target is None else image_id * 100 + spec.target,
+            "category_id": CATEGORY_IDS[spec.shape],
+            "sentences": [{"raw": s["raw"], "sent": s["sent"], "kind": s["kind"], "no_target": s["no_target"],
+                           "query": s["query"]} for s in spec.sentences],
+        })
+    return image, annotations, specs, stats
+
+
 def generate(
     out_root: str | os.PathLike,
     seed: int,
@@ -84,11 +136,13 @@ def generate(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Writes ``num_images`` scenes with their refs under ``out_root``; returns a summary dict.
 
     ``image_size`` is (width, height). ``no_target_fraction`` is the expected share of refs that
     name something absent from their image (kind ``no_target``, empty mask, ``ann_id`` -1).
+    ``workers`` > 1 renders images in that many processes (see the module docstring).
     """
     width, height = (int(v) for v in image_size)
     if num_images < 1:
@@ -116,53 +170,39 @@ def generate(
     per_split = {s: collections.Counter() for s in SPLIT_PROFILES}
     stats = collections.Counter()
     ref_id = sent_id = 0
-    extra_per_ref = no_target_fraction / (1.0 - no_target_fraction)
-    for index in tqdm(range(num_images), desc="synth", unit="img", disable=not progress, dynamic_ncols=True):
-        rng = np.random.default_rng([seed, index])
-        split = split_of(index)
-        image_id = index + 1
-        scene: Scene = sample_scene(rng, width, height, SPLIT_PROFILES[split])
-        picture = render(rng, scene)
-        file_name = image_file_name(image_id)
-        if not cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-            raise RuntimeError(f"could not write image {image_dir / file_name}")
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
-                       "split": split, "num_objects": len(scene.objects)})
-        for z, obj in enumerate(scene.objects):
-            segmentation, form = _segmentation(obj)
-            annotations.append({
-                "id": image_id * 100 + z, "image_id": image_id, "category_id": CATEGORY_IDS[obj.shape],
-                "segmentation": segmentation, "area": float(obj.area), "bbox": _bbox(obj.mask), "iscrowd": 0,
-                "attributes": {"shape": obj.shape, "color": obj.color, "size": obj.size},
-                "z_order": z, "full_area": obj.full_area, "occluded": obj.occluded,
-            })
-            stats["objects"] += 1
-            stats["occluded_objects"] += obj.occluded
-        looks = collections.Counter((o.shape, o.color) for o in scene.objects)
-        stats["images_with_3_alike"] += max(looks.values()) >= 3
-
-        num_refs = int(rng.integers(REFS_PER_IMAGE[0], REFS_PER_IMAGE[1] + 1))
-        expected_extra = num_refs * extra_per_ref
-        num_no_target = int(expected_extra) + int(rng.random() < expected_extra - int(expected_extra))
-        views = ex.scene_views(scene)
-        for spec in ex.make_refs(rng, views, num_refs=num_refs, sentences_per_ref=SENTENCES_PER_REF,
-                                 num_no_target=num_no_target):
-            ref_id += 1
-            ann_id = NO_TARGET_ANN_ID if spec.target is None else image_id * 100 + spec.target
-            sentences = []
-            for s in spec.sentences:
-                sent_id += 1
-                sentences.append({"sent_id": sent_id, "raw": s["raw"], "sent": s["sent"], "tokens": s["sent"].split(),
-                                  "kind": s["kind"], "no_target": s["no_target"], "query": s["query"]})
-                kinds[s["kind"]] += 1
-            refs.append({
-                "ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "category_id": CATEGORY_IDS[spec.shape],
-                "split": split, "file_name": f"synth_{image_id:06d}_{ann_id}.png",
-                "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences,
-            })
-            per_split[split]["refs"] += 1
-            per_split[split]["sentences"] += len(sentences)
-        per_split[split]["images"] += 1
+    make = functools.partial(_make_image, seed=seed, width=width, height=height, image_dir=str(image_dir),
+                             extra_per_ref=no_target_fraction / (1.0 - no_target_fraction))
+    workers = max(1, min(int(workers), num_images))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            made = pool.imap(make, range(num_images), chunksize=16)  # in index order: ids stay sequential
+        else:
+            made = map(make, range(num_images))
+        for image, image_annotations, specs, image_stats in tqdm(
+            made, total=num_images, desc="synth", unit="img", disable=not progress, dynamic_ncols=True
+        ):
+            image_id, split = image["id"], image["split"]
+            images.append(image)
+            annotations.extend(image_annotations)
+            stats.update(image_stats)
+            for spec in specs:
+                ref_id += 1
+                sentences = []
+                for s in spec["sentences"]:
+                    sent_id += 1
+                    sentences.append({"sent_id": sent_id, "raw": s["raw"], "sent": s["sent"], "tokens": s["sent"].split(),
+                                      "kind": s["kind"], "no_target": s["no_target"], "query": s["query"]})
+                    kinds[s["kind"]] += 1
+                refs.append({
+                    "ref_id": ref_id, "ann_id": spec["ann_id"], "image_id": image_id,
+                    "category_id": spec["category_id"], "split": split,
+                    "file_name": f"synth_{image_id:06d}_{spec['ann_id']}.png",
+                    "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences,
+                })
+                per_split[split]["refs"] += 1
+                per_split[split]["sentences"] += len(sentences)
+            per_split[split]["images"] += 1
 
     info = {
         "description": "CoupAlign synthetic referring segmentation benchmark",
