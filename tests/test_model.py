@@ -310,6 +310,36 @@ def test_absolute_position_embedding_adds_a_sincos_table(tiny):
     assert CoupAlignConfig().image_abs_pos_embed is False
 
 
+def test_position_tables_resample_to_another_image_size(tiny):
+    """A 96² checkpoint loaded into the same model at 128²: 2-D tables become what the 96² model's
+    forward would resize them to at 128², Swin's last-stage bias table follows its window (3 -> 4,
+    the map's size), the bias tables of unchanged windows and every other weight stay as they are."""
+    from coupalign_core.model.positional import resample_position_tables
+
+    big = _build(tiny.config.replace(image_size=128), seed=1)
+    state, resampled = resample_position_tables(big, tiny.state_dict())
+    assert sorted(resampled) == sorted([
+        "image_encoder.abs_pos_embed.weight", "fusion.pos_embed.weight", "mask_generator.memory_pos.weight",
+        "image_encoder.stages.3.blocks.0.attn.relative_position_bias_table"])
+    big.load_state_dict(state)
+    for name in ("image_encoder.abs_pos_embed", "fusion.pos_embed", "mask_generator.memory_pos"):
+        old, new = tiny.get_submodule(name), big.get_submodule(name)
+        h, w = new.grid
+        torch.testing.assert_close(new(h, w), old(h, w))  # the run-time resize, now stored
+    table = state["image_encoder.stages.3.blocks.0.attn.relative_position_bias_table"]
+    assert table.shape == (7 * 7, 8)  # window 4: (2*4-1)^2 offsets, 8 heads
+    # the centre offset (0, 0) keeps its bias: the 5x5 table's centre is the 7x7 table's centre
+    torch.testing.assert_close(table.reshape(7, 7, 8)[3, 3],
+                               tiny.state_dict()["image_encoder.stages.3.blocks.0.attn.relative_position_bias_table"].reshape(5, 5, 8)[2, 2],
+                               rtol=0, atol=0.02)
+    for key, value in tiny.state_dict().items():
+        if key not in resampled:
+            torch.testing.assert_close(big.state_dict()[key], value, rtol=0, atol=0)
+    images, ids, mask = _inputs(big.config)
+    with torch.no_grad():
+        assert big(images, ids, mask).logits.shape == (2, 1, 128, 128)  # (B, 1, H, W)
+
+
 def test_bert_stages_equal_the_whole_model(tiny):
     enc = tiny.text_encoder
     bert = BertModel(BertConfig(**tiny.config.text_config), add_pooling_layer=False).eval()

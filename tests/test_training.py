@@ -188,6 +188,16 @@ def test_init_from_takes_weights_only_and_refuses_another_architecture(data_root
     moved = read_checkpoint(tmp_path / "stage2" / "last.pt")["model"]
     assert any(not torch.equal(moved[k], stage1["model"][k]) for k in moved)
 
+    # A higher-resolution stage: only the position tables change shape, and they are resampled.
+    sharper = tiny_config(data_root, max_steps=1, eval_every=0, overlay_samples=0,
+                          init_from=str(tmp_path / "stage1" / "last.pt"))
+    sharper["model"]["image_size"] = 128
+    at_128 = Trainer(TrainingConfig.from_dict(sharper), tmp_path / "stage2_128").model.state_dict()
+    assert at_128["image_encoder.abs_pos_embed.weight"].shape[-2:] == (32, 32)
+    same_shape = [k for k in at_128 if at_128[k].shape == stage1["model"][k].shape]
+    assert len(same_shape) == len(at_128) - 4  # Swin's abs table, stage 4's bias table, two 3x3 -> 4x4 grids
+    assert_same_params({k: stage1["model"][k] for k in same_shape}, {k: at_128[k] for k in same_shape})
+
     other = tiny_config(data_root, max_steps=1, init_from=str(tmp_path / "stage1" / "last.pt"))
     other["model"]["num_queries"] = 5
     with pytest.raises(ValueError, match="not this config's architecture"):

@@ -214,9 +214,12 @@ class Trainer:
 
     def _init_weights_from(self, path: str | os.PathLike) -> None:
         """``train.init_from``: this run's model starts from another checkpoint's weights."""
+        from ..model.positional import resample_position_tables
+
         state = read_checkpoint(path)
         own = self.model.state_dict()
-        theirs = state["model"]
+        # another input size (a higher-resolution stage) changes only the position tables' grids
+        theirs, resampled = resample_position_tables(self.model, state["model"])
         missing = sorted(set(own) - set(theirs))
         unexpected = sorted(set(theirs) - set(own))
         reshaped = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)
@@ -224,11 +227,14 @@ class Trainer:
             raise ValueError(
                 f"train.init_from {path}: its model is not this config's architecture (missing "
                 f"{missing[:5]}, unexpected {unexpected[:5]}, other shapes {reshaped[:5]}); "
-                f"init_from needs the same model config up to loss weights"
+                f"init_from needs the same model config up to loss weights and image_size"
             )
         self.model.load_state_dict(theirs)
         if self.ctx.is_main:
             log.info("train.init_from: model weights from %s (step %s of that run)", path, state.get("step", "?"))
+            if resampled:
+                log.info("train.init_from: position tables resampled to image_size %d: %s",
+                         self.model.config.image_size, ", ".join(resampled))
 
     def _resolve_resume(self, resume: Optional[str | os.PathLike]) -> Optional[Path]:
         if resume is None:
