@@ -193,7 +193,7 @@ def test_lambda_zero_removes_aux():
 
 
 def test_sampling_cap_bounds_memory_at_112x112():
-    """448 input -> Y1 of 112x112: the largest tensor autograd keeps stays K x (K+1), not P x N."""
+    """448 input -> Y1 of 112x112: the largest tensor autograd keeps stays B x K x (K+1), not P x N."""
     torch.manual_seed(4)
     cap = 256
     emb = torch.randn(2, 16, 112, 112, requires_grad=True)
@@ -209,11 +209,31 @@ def test_sampling_cap_bounds_memory_at_112x112():
         aux = make_loss(aux_max_pixels=cap).auxiliary_loss(emb, target)
     aux.sum().backward()
     assert torch.isfinite(aux).all() and emb.grad is not None
-    largest_allowed = max(emb.numel(), cap * (cap + 1))
+    largest_allowed = max(emb.numel(), 2 * cap * (cap + 1))  # the batch's score matrices (B, K, 1 + K)
     assert max(saved) <= largest_allowed, (max(saved), largest_allowed)
     assert max(saved) < 6272 * 6272 // 10  # far below the unbounded P x N matrix
-    score_matrices = [n for n in saved if n == cap * (cap + 1)]
+    score_matrices = [n for n in saved if n == 2 * cap * (cap + 1)]
     assert score_matrices, "the sampled score matrix was not formed at the cap"
+
+
+def test_batched_aux_equals_each_image_alone():
+    """The padded, masked batch gives every image the loss it gets alone (no sampling here), for
+    sets of different sizes, an empty target and a full one, values and gradients."""
+    torch.manual_seed(6)
+    emb = torch.randn(4, 8, 12, 12, requires_grad=True)
+    target = torch.zeros(4, 48, 48)
+    target[0, 4:20, 8:40] = 1  # a few positives
+    target[1, :, :30] = 1  # most pixels positive
+    target[3] = 1  # all foreground: 0; image 2 is all background: 0
+    loss = make_loss()
+    batched = loss.auxiliary_loss(emb, target)
+    alone = torch.stack([loss.auxiliary_loss(emb[i:i + 1], target[i:i + 1])[0] for i in range(4)])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+    assert batched[0] > 0 and batched[1] > 0 and batched[2] == 0 and batched[3] == 0
+    (g_batched,) = torch.autograd.grad(batched.sum(), emb)
+    (g_alone,) = torch.autograd.grad(alone.sum(), emb)
+    torch.testing.assert_close(g_batched, g_alone, rtol=1e-5, atol=1e-7)
+    assert g_batched[2:].abs().sum() == 0  # nothing to contrast, no gradient
 
 
 def test_sampling_estimates_the_full_loss():
