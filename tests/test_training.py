@@ -343,6 +343,12 @@ def test_synthetic_configs_parse():
     arch = lambda m: {k: v for k, v in m.to_dict().items() if not k.endswith("loss_weight")}  # noqa: E731
     assert arch(stage1.model) == arch(stage2.model)
     assert stage2.data.synthesize["seed"] != stage1.data.synthesize["seed"]
+    # stage 3 (GPU) starts from stage 2 at a higher resolution: only image_size changes the model
+    stage3 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage3_gpu.yaml")
+    assert stage3.train.init_from == f"{stage2.train.output_dir}/last.pt"
+    assert stage3.model.image_size == 128 and stage2.model.image_size == 96
+    assert {**arch(stage3.model), "image_size": 96} == arch(stage2.model)
+    assert stage3.data.synthesize["seed"] not in (stage1.data.synthesize["seed"], stage2.data.synthesize["seed"], 777)
 
 
 def test_overrides_and_bad_configs(data_root):
