@@ -28,11 +28,12 @@
     the sampled scores), so that Σ_k exp(·) estimates the full sum of Eq. 14/15 without bias.
     When a set has no more than ``aux_max_pixels`` pixels the loss is exactly Eq. 14-16.
     The normalisation is applied as a per-pixel scale where vectors are used (prototype sums,
-    sampled rows), so no normalised copy of Y1 is kept either: measured on the CPU for a batch of
-    16 at 448² (C = 256, 196 MiB of embeddings), forward + backward of the aux term grew the peak
-    memory by ~0.85 GiB, of which 196 MiB is Y1's own gradient.
+    sampled rows), so no normalised copy of Y1 is kept either. The batch is scored at once: each
+    image's sets are padded to the batch's largest (capped) set and masked, so the score tensors
+    are at most (B, K, 1 + K) per direction; padding makes an image with small sets pay for the
+    batch's largest ones, which the cap bounds.
   - **Stability.** ``-log(e^a / (e^a + Σ e^b)) = logsumexp([a, b...]) - a``, evaluated with
-    ``torch.logsumexp`` in float32 even under autocast.
+    ``torch.logsumexp``.
   - **Degenerate masks.** An image whose resized mask is all background or all foreground has no
     positive/negative pair to contrast; its aux loss is 0 (finite, no gradient) rather than NaN.
   - The ground truth is resized to Y1's size with nearest neighbour ("nearest-exact", which picks

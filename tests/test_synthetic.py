@@ -79,6 +79,8 @@ def test_overwrite(tmp_path):
     assert len(list((tmp_path / "images" / "synthetic").glob("*.png"))) == 3  # no stale images
     with pytest.raises(ValueError, match="no_target_fraction"):
         generate(tmp_path, seed=1, num_images=3, no_target_fraction=1.0, overwrite=True)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        generate(tmp_path, seed=1, num_images=3, workers=0, overwrite=True)
 
 
 def test_loader_reads_every_split(bench):

@@ -198,10 +198,11 @@ def test_init_from_takes_weights_only_and_refuses_another_architecture(data_root
     assert len(same_shape) == len(at_128) - 4  # Swin's abs table, stage 4's bias table, two 3x3 -> 4x4 grids
     assert_same_params({k: stage1["model"][k] for k in same_shape}, {k: at_128[k] for k in same_shape})
 
-    other = tiny_config(data_root, max_steps=1, init_from=str(tmp_path / "stage1" / "last.pt"))
-    other["model"]["num_queries"] = 5
-    with pytest.raises(ValueError, match="not this config's architecture"):
-        Trainer(TrainingConfig.from_dict(other), tmp_path / "stage3")
+    for field, value in (("num_queries", 5), ("window_size", 4)):  # another window reshapes only Swin's bias tables
+        other = tiny_config(data_root, max_steps=1, init_from=str(tmp_path / "stage1" / "last.pt"))
+        other["model"][field] = value
+        with pytest.raises(ValueError, match="not this config's architecture"):
+            Trainer(TrainingConfig.from_dict(other), tmp_path / "stage3")
 
 
 # ---- (b) torchrun -------------------------------------------------------------------------------------

@@ -218,8 +218,12 @@ class Trainer:
 
         state = read_checkpoint(path)
         own = self.model.state_dict()
-        # another input size (a higher-resolution stage) changes only the position tables' grids
-        theirs, resampled = resample_position_tables(self.model, state["model"])
+        # Another input size (a higher-resolution stage) changes only the position tables' grids:
+        # those are resampled. Another window_size reshapes the same Swin tables but is another
+        # attention pattern, so the shape check below refuses it.
+        theirs, resampled = state["model"], []
+        if state.get("config", {}).get("window_size") == self.model.config.window_size:
+            theirs, resampled = resample_position_tables(self.model, theirs)
         missing = sorted(set(own) - set(theirs))
         unexpected = sorted(set(theirs) - set(own))
         reshaped = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)

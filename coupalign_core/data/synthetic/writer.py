@@ -149,6 +149,8 @@ def generate(
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if width < 64 or height < 48:
         raise ValueError(f"image_size {width}x{height} is too small: objects need at least 64x48")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if not 0.0 <= no_target_fraction < 1.0:
         raise ValueError(f"no_target_fraction must be in [0, 1), got {no_target_fraction}")
     out_root = Path(out_root)
@@ -172,7 +174,7 @@ def generate(
     ref_id = sent_id = 0
     make = functools.partial(_make_image, seed=seed, width=width, height=height, image_dir=str(image_dir),
                              extra_per_ref=no_target_fraction / (1.0 - no_target_fraction))
-    workers = max(1, min(int(workers), num_images))
+    workers = min(int(workers), num_images)
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
