@@ -350,6 +350,12 @@ def test_synthetic_configs_parse():
     assert stage3.model.image_size == 128 and stage2.model.image_size == 96
     assert {**arch(stage3.model), "image_size": 96} == arch(stage2.model)
     assert stage3.data.synthesize["seed"] not in (stage1.data.synthesize["seed"], stage2.data.synthesize["seed"], 777)
+    # stage 4 (CPU) continues stage 3 unchanged in architecture and size, on a fourth world
+    stage4 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage4.yaml")
+    assert stage4.train.init_from == f"{stage3.train.output_dir}/last.pt"
+    assert arch(stage4.model) == arch(stage3.model)
+    seeds = [c.data.synthesize["seed"] for c in (stage1, stage2, stage3, stage4)] + [777]
+    assert len(set(seeds)) == len(seeds)
 
 
 def test_overrides_and_bad_configs(data_root):
