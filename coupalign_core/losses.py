@@ -49,7 +49,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
