@@ -354,7 +354,11 @@ def test_synthetic_configs_parse():
     stage4 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage4.yaml")
     assert stage4.train.init_from == f"{stage3.train.output_dir}/last.pt"
     assert arch(stage4.model) == arch(stage3.model)
-    seeds = [c.data.synthesize["seed"] for c in (stage1, stage2, stage3, stage4)] + [777]
+    # stage 5 (CPU) continues stage 4 unchanged, on a fifth world
+    stage5 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage5.yaml")
+    assert stage5.train.init_from == f"{stage4.train.output_dir}/last.pt"
+    assert arch(stage5.model) == arch(stage4.model)
+    seeds = [c.data.synthesize["seed"] for c in (stage1, stage2, stage3, stage4, stage5)] + [777]
     assert len(set(seeds)) == len(seeds)
 
 
