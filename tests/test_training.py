@@ -337,28 +337,18 @@ def test_synthetic_configs_parse():
     config = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_cpu.yaml")
     assert config.model.image_size == 96 and config.train.max_minutes is not None
     assert config.data.dataset == "synthetic" and config.data.synthesize
-    stage1 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped.yaml")
-    stage2 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage2.yaml")
-    # stage 2 starts from stage 1's last checkpoint, with the same architecture
-    assert stage2.train.init_from == f"{stage1.train.output_dir}/last.pt"
+    names = ("synthetic_shipped", "synthetic_shipped_stage2", "synthetic_shipped_stage3_gpu",
+             "synthetic_shipped_stage4", "synthetic_shipped_stage5")
+    stages = [TrainingConfig.load(REPO / "training" / "configs" / f"{name}.yaml") for name in names]
     arch = lambda m: {k: v for k, v in m.to_dict().items() if not k.endswith("loss_weight")}  # noqa: E731
-    assert arch(stage1.model) == arch(stage2.model)
-    assert stage2.data.synthesize["seed"] != stage1.data.synthesize["seed"]
-    # stage 3 (GPU) starts from stage 2 at a higher resolution: only image_size changes the model
-    stage3 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage3_gpu.yaml")
-    assert stage3.train.init_from == f"{stage2.train.output_dir}/last.pt"
-    assert stage3.model.image_size == 128 and stage2.model.image_size == 96
-    assert {**arch(stage3.model), "image_size": 96} == arch(stage2.model)
-    assert stage3.data.synthesize["seed"] not in (stage1.data.synthesize["seed"], stage2.data.synthesize["seed"], 777)
-    # stage 4 (CPU) continues stage 3 unchanged in architecture and size, on a fourth world
-    stage4 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage4.yaml")
-    assert stage4.train.init_from == f"{stage3.train.output_dir}/last.pt"
-    assert arch(stage4.model) == arch(stage3.model)
-    # stage 5 (CPU) continues stage 4 unchanged, on a fifth world
-    stage5 = TrainingConfig.load(REPO / "training" / "configs" / "synthetic_shipped_stage5.yaml")
-    assert stage5.train.init_from == f"{stage4.train.output_dir}/last.pt"
-    assert arch(stage5.model) == arch(stage4.model)
-    seeds = [c.data.synthesize["seed"] for c in (stage1, stage2, stage3, stage4, stage5)] + [777]
+    # each stage starts from the previous one's last checkpoint, with the same architecture;
+    # stage 3 (GPU) moves from 96² to 128², the only model change along the chain
+    for previous, stage in zip(stages, stages[1:]):
+        assert stage.train.init_from == f"{previous.train.output_dir}/last.pt"
+        assert {**arch(stage.model), "image_size": 0} == {**arch(previous.model), "image_size": 0}
+    assert [s.model.image_size for s in stages] == [96, 96, 128, 128, 128]
+    # every stage sees a world of its own, and none is the scoring world (seed 777)
+    seeds = [s.data.synthesize["seed"] for s in stages] + [777]
     assert len(set(seeds)) == len(seeds)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Training used seeds 0 (synthetic_cpu) and 1-4 (the shipped model's stages): the demo's world is new to it.
+# Training used seeds 0 (synthetic_cpu) and 1-5 (the shipped model's stages): the demo's world is new to it.
 DEMO_SEED = 20261127
 
 
