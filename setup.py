@@ -13,13 +13,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["coupalign_core", "coupalign_core.*", "coupalign_ros", "coupalign_ros.*"]),
-    package_data={"coupalign_core": ["configs/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),
         (f"share/{package_name}/launch", glob("launch/*.launch.py")),
         (f"share/{package_name}/config", glob("config/*.yaml")),
-        # the interface definitions, for bag tools run from an install (coupalign_ros.bag_tools)
+        # the interface definitions, for bag tools run from an install (coupalign_core.bags.bag_tools)
         (f"share/{package_name}/interfaces/msg", glob("msg/msg/*.msg")),
         (f"share/{package_name}/interfaces/srv", glob("msg/srv/*.srv")),
     ],

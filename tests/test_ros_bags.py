@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coupalign_ros import bag_tools
-from coupalign_ros.bag_tools import BagItem, read_results, replay_bag, write_bag
-from coupalign_ros.conversions import mono8_to_mask
+from coupalign_core.bags import bag_tools
+from coupalign_core.bags.bag_tools import BagItem, read_results, replay_bag, write_bag
+from coupalign_core.runtime.conversions import mono8_to_mask
 from coupalign_core.inference import SegmentationResult
 
 
@@ -118,7 +118,7 @@ def test_frames_before_the_first_command_and_bad_images_are_counted(tmp_path):
         cmd = writer.add_connection("/coupalign/command", bag_tools.STRING_TYPE, typestore=typestore)
 
         def image_at(t, step=None):
-            from coupalign_ros.conversions import rgb_to_image_fields
+            from coupalign_core.runtime.conversions import rgb_to_image_fields
 
             fields = rgb_to_image_fields(item.image)
             if step is not None:

@@ -16,10 +16,10 @@ from coupalign_core.data import ReferDataset
 from coupalign_core.data.synthetic import generate
 from coupalign_core.inference import Segmenter
 from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
-from coupalign_ros.bag_tools import read_results, stamp_to_ns
-from coupalign_ros.conversions import mono8_to_mask
-from coupalign_ros.loading import ModelLoadError, load_segmenter
-from coupalign_ros.pipeline import Frame, Pipeline
+from coupalign_core.bags.bag_tools import read_results, stamp_to_ns
+from coupalign_core.runtime.conversions import mono8_to_mask
+from coupalign_core.runtime.loading import ModelLoadError, load_segmenter
+from coupalign_core.runtime.pipeline import Frame, Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from coupalign_ros.conversions import (
+from coupalign_core.runtime.conversions import (
     ImageFields,
     compressed_to_rgb,
     image_to_rgb,
@@ -17,7 +17,7 @@ from coupalign_ros.conversions import (
     rgb_to_image_fields,
     unpack_image,
 )
-from coupalign_ros.depth import depth_to_meters, intrinsics_from_k, mask_centroid_3d
+from coupalign_core.runtime.depth import depth_to_meters, intrinsics_from_k, mask_centroid_3d
 
 H, W, PAD = 5, 7, 3
 

@@ -15,7 +15,7 @@ import weakref
 import numpy as np
 import pytest
 
-from coupalign_ros.pipeline import CommandBook, Frame, FrameSlot, Pipeline, ThrottledLog
+from coupalign_core.runtime.pipeline import CommandBook, Frame, FrameSlot, Pipeline, ThrottledLog
 from coupalign_core.inference import SegmentationResult
 
 
@@ -117,7 +117,7 @@ def test_stale_frames_are_dropped_and_counted():
 )
 def test_bad_commands_are_rejected_with_a_reason(text, reason, caplog):
     pipe = Pipeline(BrightSegmenter())
-    with caplog.at_level(logging.WARNING, logger="coupalign_ros.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="coupalign_core.runtime.pipeline"):
         assert pipe.set_command(text, arrival_ns=0) is None
     assert pipe.stats.snapshot()["rejected"] == {"command": 1}
     assert reason in caplog.text
@@ -211,7 +211,7 @@ def test_message_fields_and_runtime_threshold():
 
 
 def test_stats_rate_and_latency_percentiles():
-    from coupalign_ros.pipeline import PipelineStats
+    from coupalign_core.runtime.pipeline import PipelineStats
 
     stats = PipelineStats(rate_window_s=10.0)
     for i in range(11):

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from coupalign_ros.bag_tools import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, RESULT_TOPIC, STORAGES
+    from coupalign_core.bags.bag_tools import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, RESULT_TOPIC, STORAGES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("bag", help="input bag folder (sqlite3 or MCAP)")
@@ -66,7 +66,7 @@ def format_report(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from coupalign_core.inference import Segmenter
-    from coupalign_ros.bag_tools import replay_bag
+    from coupalign_core.bags.bag_tools import replay_bag
 
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")

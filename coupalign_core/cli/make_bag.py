@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from coupalign_ros.bag_tools import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, STORAGES
+    from coupalign_core.bags.bag_tools import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, STORAGES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--data-root", required=True, help="root of the refer layout")
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from coupalign_core.data import ReferDataset
     from coupalign_core.data.refer import DATASET_SPLITS
-    from coupalign_ros.bag_tools import refer_items, write_bag
+    from coupalign_core.bags.bag_tools import refer_items, write_bag
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")

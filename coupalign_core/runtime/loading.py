@@ -28,7 +28,7 @@ def load_segmenter(checkpoint: str, backend: str = "auto", device: str = "cpu", 
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {path} does not exist")
     try:
-        from coupalign_core.inference import Segmenter
+        from ..inference import Segmenter
 
         return Segmenter.from_checkpoint(path, backend=backend, device=device, precision=precision,
                                          threshold=threshold)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .conversions import (
+from ..runtime.conversions import (
     ImageFields,
     compressed_to_rgb,
     image_to_rgb,
@@ -33,7 +33,7 @@ from .conversions import (
     mono8_to_mask,
     rgb_to_image_fields,
 )
-from .pipeline import Frame, Pipeline, SegmentFn, SegmentationOutput
+from ..runtime.pipeline import Frame, Pipeline, SegmentFn, SegmentationOutput
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,15 @@ BAG_VERSION = 8  # rosbag2 metadata version 8: what Jazzy writes; rosbags writes
 def interface_dirs() -> list[Path]:
     """Where coupalign_interfaces' .msg/.srv files may be: source tree, pip/colcon install, ament prefixes."""
     here = Path(__file__).resolve()
-    candidates = [here.parents[1] / "msg"]  # the source tree (editable install, tests)
+    candidates = [here.parents[2] / "msg"]  # the source tree (editable install, tests)
     candidates.append(Path(sys.prefix) / "share" / "coupalign_ros" / "interfaces")  # pip install
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
         if prefix:
             candidates.append(Path(prefix) / "share" / "coupalign_ros" / "interfaces")
             candidates.append(Path(prefix) / "share" / "coupalign_interfaces")  # rosidl installs msg/, srv/
-    # colcon's install layout: <prefix>/lib/pythonX.Y/site-packages/coupalign_ros/bag_tools.py
-    if len(here.parents) > 4:
-        candidates.append(here.parents[4] / "share" / "coupalign_ros" / "interfaces")
+    # colcon's install layout: <prefix>/lib/pythonX.Y/site-packages/coupalign_core/bags/bag_tools.py
+    if len(here.parents) > 5:
+        candidates.append(here.parents[5] / "share" / "coupalign_ros" / "interfaces")
     return candidates
 
 
@@ -312,7 +312,7 @@ def replay_bag(
     from rosbags.highlevel import AnyReader
     from tqdm import tqdm
 
-    from coupalign_core.metrics import RISMetrics
+    from ..metrics import RISMetrics
 
     bag = Path(bag)
     if not bag.exists():
@@ -429,7 +429,7 @@ def replay_bag(
     if out is not None:
         report.out_bag = str(out)
     if overlays and samples:
-        from coupalign_core.training.plots import plot_overlay_grid
+        from ..training.plots import plot_overlay_grid
 
         report.overlays = str(plot_overlay_grid(samples, overlays, title=f"{bag.name}: ground truth | prediction"))
     return report

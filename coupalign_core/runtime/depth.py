@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from coupalign_core.data.transforms import resize_mask
+from ..data.transforms import resize_mask
 
 from .conversions import DEPTH_ENCODINGS, unpack_image
 
