@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from coupalign_core.data import ReferDataset, ReferTransform, collate, decode_segmentation
-from coupalign_core.data.refer import DATASET_SPLITS, DEFAULT_IMAGE_DIRS
+from coupalign_core.data.refer import DATASET_SPLITS, DEFAULT_IMAGE_DIRS, BadAnnotationError
 from coupalign_core.model.tokenization import TextTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -340,3 +340,170 @@ def test_transform_and_collate(refcoco):
     assert isinstance(batch["image"], list) and batch["image"][0].shape == (H, W, 3)
     with pytest.raises(ValueError, match="different shapes"):
         collate([{"x": torch.zeros(2)}, {"x": torch.zeros(3)}])
+
+
+# ---- broken instances.json: refused with a message naming the annotation, never a crash ----------
+def _set_segmentation(root: Path, ann_id: int, segmentation) -> None:
+    inst = root / "refcoco" / "instances.json"
+    data = json.loads(inst.read_text())
+    for ann in data["annotations"]:
+        if ann["id"] == ann_id:
+            ann["segmentation"] = segmentation
+    inst.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes (and reads) them
+
+
+_CHILD = r"""
+import resource, sys
+limit = 4 << 30  # torch needs ~3 GiB of address space to import; pycocotools asked for far more
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from coupalign_core.data import ReferDataset
+for root in sys.argv[1:]:
+    try:
+        ds = ReferDataset(root, "refcoco", "unc", "val")
+        print("LOADED", [int(ds[i]["mask"].sum()) for i in range(len(ds))], flush=True)
+    except ValueError as e:
+        print("REFUSED", e, flush=True)
+"""
+
+
+def test_nonfinite_or_huge_coordinates_are_refused_before_pycocotools(tmp_path):
+    """pycocotools sizes its buffers by coordinate: these crash the process (segfault under the
+    memory limit the child runs with, an OOM kill without one) unless refused first."""
+    import os
+    import subprocess
+    import sys
+
+    values = {"nan": float("nan"), "inf": float("inf"), "huge": 1e9, "far_negative": -1e7}
+    roots = []
+    for name, value in values.items():
+        root = tmp_path / name
+        build_refer(root)
+        _set_segmentation(root, 1010, [[4.0, 4.0, value, 4.0, 20.0, 20.0]])  # val split, ref_id 10
+        roots.append(str(root))
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.run([sys.executable, "-c", _CHILD, *roots], capture_output=True, text=True, env=env,
+                           timeout=300)
+    lines = child.stdout.splitlines()
+    assert child.returncode == 0 and len(lines) == len(values), (child.returncode, child.stdout, child.stderr[-2000:])
+    for (name, _), line, root in zip(values.items(), lines, roots):
+        assert line.startswith("REFUSED"), (name, line)
+        assert "annotation 1010" in line and f"{root}/refcoco/instances.json" in line, line
+        assert ("non-finite" in line) if name in ("nan", "inf") else ("outside the image" in line), line
+
+
+def test_coordinates_slightly_outside_the_image_are_accepted(refcoco):
+    root, _ = refcoco
+    _set_segmentation(root, 1010, [[-1.5, 0.0, W + 1.5, 0.0, W + 1.0, H + 1.9, 0.0, H]])  # rounding slack
+    ds = ReferDataset(root, "refcoco", "unc", "val")
+    assert ds.load_mask(1010, 101).all()
+
+
+DEGENERATE = {
+    "two_points": ([[2.0, 2.0, 9.0, 9.0]], "no polygon of 3 or more points"),
+    "zero_area": ([[1.0, 1.0, 5.0, 5.0, 9.0, 9.0]], "empty mask"),
+    "empty": ([], "empty segmentation"),
+    "empty_rle": ({"size": [H, W], "counts": [H * W]}, "empty mask"),
+    "empty_rle_list": ([{"size": [H, W], "counts": mask_utils.encode(np.zeros((H, W), np.uint8, order="F"))[
+        "counts"].decode()}], "empty mask"),
+    "short_rle": ({"size": [H, W], "counts": "3"}, "sum to 3"),  # pycocotools would decode stray memory
+    "negative_rle": ({"size": [H, W], "counts": [H * W + 5, -5]}, "non-negative"),
+    "string": ("polygon", "expected a polygon list"),
+    "no_segmentation": (None, "has no segmentation"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+def test_bad_annotation_is_an_error_by_default(refcoco, case):
+    """Before: an empty ground truth for a ref that has a target (the score silently changes)."""
+    root, _ = refcoco
+    segmentation, reason = DEGENERATE[case]
+    if segmentation is None:
+        inst = root / "refcoco" / "instances.json"
+        data = json.loads(inst.read_text())
+        data["annotations"] = [{k: v for k, v in a.items() if not (a["id"] == 1011 and k == "segmentation")}
+                               for a in data["annotations"]]
+        inst.write_text(json.dumps(data))
+    else:
+        _set_segmentation(root, 1011, segmentation)
+    with pytest.raises(BadAnnotationError, match="annotation 1011 of .*instances.json") as err:
+        ReferDataset(root, "refcoco", "unc", "val")
+    assert reason in str(err.value) and "ref_id 11" in str(err.value) and "on_bad_annotation='skip'" in str(err.value)
+    ReferDataset(root, "refcoco", "unc", "train")  # another split does not use the annotation
+
+
+def test_bad_annotation_skip_drops_and_counts(refcoco, caplog):
+    root, _ = refcoco
+    _set_segmentation(root, 1011, [[2.0, 2.0, 9.0, 9.0]])
+    _set_segmentation(root, 1013, [])
+    with caplog.at_level(logging.WARNING):
+        ds = ReferDataset(root, "refcoco", "unc", "val", on_bad_annotation="skip")
+    assert [r["ref_id"] for r in ds.refs] == [10, 12]
+    assert ds.skipped_ref_ids == {"bad_annotation": [11, 13], "missing_image": []}
+    assert set(ds.bad_annotations) == {1011, 1013} and "empty segmentation" in ds.bad_annotations[1013]
+    assert len(ds) == 1 + 3 and all(ds[i]["mask"].any() for i in range(len(ds)))
+    assert "skipped 2 of 4 refs (6 sentences) whose annotation gives no usable mask" in caplog.text
+    assert "ann 1011" in caplog.text
+    with pytest.raises(ValueError, match="on_bad_annotation must be one of"):
+        ReferDataset(root, "refcoco", "unc", "val", on_bad_annotation="ignore")
+
+
+def test_decode_segmentation_reads_a_list_of_rles():
+    blob, ring = blob_mask(), ring_mask()
+    parts = []
+    for m in (blob, ring):
+        enc = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        parts.append({"size": enc["size"], "counts": enc["counts"].decode("ascii")})
+    np.testing.assert_array_equal(decode_segmentation(parts, H, W), blob | ring)
+    np.testing.assert_array_equal(decode_segmentation(parts[:1], H, W), blob)
+    with pytest.raises(BadAnnotationError, match="ann 5: compressed RLE counts sum to"):
+        decode_segmentation([{"size": [H, W], "counts": parts[0]["counts"] + "5"}], H, W, "ann 5")
+
+
+@pytest.mark.parametrize("case", ["image_without_height", "image_size_nan", "annotation_without_id",
+                                  "annotation_of_another_image"])
+def test_malformed_records_name_what_and_where(refcoco, case):
+    """Before: a bare KeyError/ValueError from int(), or a mask of another image's object."""
+    root, _ = refcoco
+    inst = root / "refcoco" / "instances.json"
+    data = json.loads(inst.read_text())
+    if case == "image_without_height":
+        del data["images"][1]["height"]
+        expected = r"images\[1\] lacks \['height'\]"
+    elif case == "image_size_nan":
+        data["images"][1]["width"] = float("nan")
+        expected = "image 101 has a non-integer width nan"
+    elif case == "annotation_without_id":
+        del data["annotations"][6]["id"]
+        expected = r"annotations\[6\] is not a dict with an integer 'id'"
+    else:
+        next(a for a in data["annotations"] if a["id"] == 1012)["image_id"] = 100
+        expected = "annotation 1012 belongs to image 100, not to the ref's image 101 \\(ref_id 12"
+    inst.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=expected) as err:
+        ReferDataset(root, "refcoco", "unc", "val")
+    assert "instances.json" in str(err.value) and not isinstance(err.value, KeyError)
+
+
+# ---- no-target refs in their own file ------------------------------------------------------------
+def test_no_target_refs_file_is_merged_in_ref_id_order(refcoco):
+    root, _ = refcoco
+    text = "the purple star"
+    no_target = [{"ref_id": ref_id, "ann_id": -1, "image_id": 101, "category_id": 1, "split": "val",
+                  "file_name": "x", "sent_ids": [ref_id],
+                  "sentences": [{"sent_id": ref_id, "raw": text, "sent": text, "tokens": text.split(),
+                                 "kind": "no_target", "no_target": True}]} for ref_id in (111, 105)]
+    (root / "refcoco" / "no_target_refs(unc).p").write_bytes(pickle.dumps(no_target))
+    ds = ReferDataset(root, "refcoco", "unc", "val")
+    assert [r["ref_id"] for r in ds.refs] == [10, 11, 12, 13, 105, 111]
+    items = [ds[i] for i in range(len(ds))]
+    assert [it["no_target"] for it in items].count(True) == 2
+    assert all(not it["mask"].any() and it["ann_id"] == -1 for it in items if it["no_target"])
+    no_target[0]["ann_id"] = 1010
+    (root / "refcoco" / "no_target_refs(unc).p").write_bytes(pickle.dumps(no_target))
+    with pytest.raises(ValueError, match=r"no_target_refs\(unc\)\.p: ref_id 111 has ann_id 1010"):
+        ReferDataset(root, "refcoco", "unc", "val")
+    no_target[0].update(ann_id=-1, ref_id=12)
+    (root / "refcoco" / "no_target_refs(unc).p").write_bytes(pickle.dumps(no_target))
+    with pytest.raises(ValueError, match=r"repeats ref_ids .*\[12\]"):
+        ReferDataset(root, "refcoco", "unc", "val")
