@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+from peer_refer import PeerRefer
 
 from coupalign_core.cli.main import main as cli_main
 from coupalign_core.data import ReferDataset
+from coupalign_core.data.refer import load_refer_refs
 from coupalign_core.data.synthetic import KINDS, generate
 from coupalign_core.data.synthetic.expressions import LOCATION_WORDS, ORDINAL_WORDS, PLURALS, SHAPE_WORDS, SIZE_WORDS
 from coupalign_core.data.synthetic.world import COLORS
@@ -34,7 +36,7 @@ SEED, NUM_IMAGES = 11, 80
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     summary = generate(root, seed=SEED, num_images=NUM_IMAGES, no_target_fraction=0.2, progress=False)
-    refs = pickle.loads((root / "synthetic" / "refs(unc).p").read_bytes())
+    refs = load_refer_refs(root, "synthetic", "unc")  # with a target, and the no-target file
     instances = json.loads((root / "synthetic" / "instances.json").read_text())
     return root, summary, refs, instances
 
@@ -50,7 +52,7 @@ def test_same_seed_same_files_other_seed_other_world(tmp_path):
     generate(tmp_path / "c", seed=6, num_images=10, progress=False)
     generate(tmp_path / "d", seed=5, num_images=4, progress=False)
     da, db, dc, dd = (file_digests(tmp_path / x) for x in "abcd")
-    assert len(da) == 12 and da == db  # 10 images + refs + instances, byte for byte
+    assert len(da) == 13 and da == db  # 10 images + two refs files + instances, byte for byte
     images = [k for k in da if k.endswith(".png")]
     assert all(da[k] != dc[k] for k in images)  # a fresh world: every picture differs
     assert all(dd[k] == da[k] for k in images[:4])  # image i depends on (seed, i) only
@@ -61,13 +63,16 @@ def test_workers_make_the_same_world(tmp_path):
     one, three = tmp_path / "one", tmp_path / "three"
     a = generate(one, seed=5, num_images=24, progress=False)
     b = generate(three, seed=5, num_images=24, progress=False, workers=3)
-    assert {k: v for k, v in a.items() if k not in ("root", "refs_file", "instances_file", "image_dir")} == {
-        k: v for k, v in b.items() if k not in ("root", "refs_file", "instances_file", "image_dir")}
-    for name in sorted(p.name for p in (one / "images" / "synthetic").iterdir()):
-        assert (one / "images" / "synthetic" / name).read_bytes() == (three / "images" / "synthetic" / name).read_bytes()
+    paths = ("root", "refs_file", "no_target_refs_file", "instances_file", "image_dir")
+    assert {k: v for k, v in a.items() if k not in paths} == {k: v for k, v in b.items() if k not in paths}
+    images_one, images_three = one / "images" / "synthetic", three / "images" / "synthetic"
+    for name in sorted(p.name for p in images_one.iterdir()):
+        assert (images_one / name).read_bytes() == (images_three / name).read_bytes()
     assert (one / "synthetic" / "instances.json").read_bytes() == (three / "synthetic" / "instances.json").read_bytes()
-    refs_one = pickle.loads((one / "synthetic" / "refs(unc).p").read_bytes())
-    assert refs_one == pickle.loads((three / "synthetic" / "refs(unc).p").read_bytes())
+    for name in ("refs(unc).p", "no_target_refs(unc).p"):
+        refs_three = pickle.loads((three / "synthetic" / name).read_bytes())
+        assert pickle.loads((one / "synthetic" / name).read_bytes()) == refs_three
+    refs_one = load_refer_refs(one, "synthetic", "unc")
     assert [r["ref_id"] for r in refs_one] == list(range(1, len(refs_one) + 1))  # numbered in image order
 
 
@@ -110,10 +115,11 @@ def saved_scenes(instances):
         im = images[ann["image_id"]]
         h, w = im["height"], im["width"]
         seg = ann["segmentation"]
-        if isinstance(seg, list):
+        if isinstance(seg[0], list):  # polygons
             rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-        else:
-            rle = {"size": seg["size"], "counts": seg["counts"].encode()}
+        else:  # one compressed RLE in a list
+            (part,) = seg
+            rle = {"size": part["size"], "counts": part["counts"].encode()}
         mask = mask_utils.decode(rle).astype(bool)
         ys, xs = np.nonzero(mask)
         attrs = ann["attributes"]
@@ -235,10 +241,10 @@ def test_masks_are_visible_parts(bench):
             ann = anns[o[0]]
             assert ann["area"] == o[6].sum() > 0
             if ann["occluded"]:
-                forms["rle"] += isinstance(ann["segmentation"], dict)
+                forms["rle"] += isinstance(ann["segmentation"][0], dict)
                 assert 0.6 * ann["full_area"] <= ann["area"] < ann["full_area"]
             else:
-                forms["polygon"] += isinstance(ann["segmentation"], list)
+                forms["polygon"] += isinstance(ann["segmentation"][0], list)
                 assert ann["area"] == ann["full_area"]
             if image is not None:  # the mask's pixels show the object's colour, not what covers it
                 median = np.median(image[o[6]].astype(float), axis=0)
@@ -289,3 +295,64 @@ def test_cli(tmp_path, capsys):
     ds = ReferDataset(tmp_path, "synthetic", "unc", "train")
     assert ds[0]["image"].shape == (120, 160, 3)
     assert cli_main(["synth", "--out", str(tmp_path), "--num-images", "2", "--no-progress"]) == 2  # exists
+
+
+# ---- the refer API reads the world; worlds written in the old layout still load -------------------
+def test_refer_api_reads_the_world_with_the_same_masks(bench):
+    """Before: the refer API's index raised KeyError: -1 on no-target refs, its getMask KeyError: 0
+    on RLE annotations (a bare dict)."""
+    root, _, refs, _ = bench
+    peer = PeerRefer(root, "synthetic", "unc")
+    assert all(r["ann_id"] != -1 for r in peer.refs)
+    rle_masks = 0
+    for split in ("train", "val", "testA", "testB", "test"):
+        ds = ReferDataset(root, "synthetic", "unc", split)
+        targets = [r for r in ds.refs if r["ann_id"] != -1]
+        assert peer.get_ref_ids(split) == [r["ref_id"] for r in targets]
+        assert len(targets) < len(ds.refs)  # the no-target refs are there for ReferDataset only
+        if split == "test":
+            continue
+        for ref in targets:
+            peer_ref = next(r for r in peer.refs if r["ref_id"] == ref["ref_id"])
+            assert peer_ref["sentences"] == ref["sentences"]
+            mask = peer.get_mask(peer_ref)
+            assert mask.max() == 1  # one object, one layer
+            np.testing.assert_array_equal(mask.astype(bool), ds.load_mask(ref["ann_id"], ref["image_id"]))
+            rle_masks += isinstance(peer.ref_to_ann[ref["ref_id"]]["segmentation"][0], dict)
+    assert rle_masks > 5  # occluded objects (RLE) were among them
+    assert sorted(r["ref_id"] for r in refs) == list(range(1, len(refs) + 1))
+
+
+def write_old_layout(root: Path, new_root: Path) -> None:
+    """The world as generator version 1 wrote it: no-target refs inline with ann_id -1, occluded
+    masks as a bare compressed RLE dict."""
+    (new_root / "synthetic").mkdir(parents=True)
+    refs = load_refer_refs(root, "synthetic", "unc")
+    (new_root / "synthetic" / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=4))
+    instances = json.loads((root / "synthetic" / "instances.json").read_text())
+    for ann in instances["annotations"]:
+        if isinstance(ann["segmentation"][0], dict):
+            ann["segmentation"] = ann["segmentation"][0]
+    (new_root / "synthetic" / "instances.json").write_text(json.dumps(instances))
+
+
+def test_old_layout_worlds_read_the_same(bench, tmp_path):
+    root, _, _, _ = bench
+    old = tmp_path / "old"
+    write_old_layout(root, old)
+    with pytest.raises(KeyError):  # why the layout changed: the refer API cannot index it
+        PeerRefer(old, "synthetic", "unc")
+    for split in ("val", "testB"):
+        new_ds = ReferDataset(root, "synthetic", "unc", split)
+        old_ds = ReferDataset(old, "synthetic", "unc", split, image_root=root / "images" / "synthetic")
+        assert len(new_ds) == len(old_ds) and new_ds.refs == old_ds.refs
+        for i in range(len(new_ds)):
+            a, b = new_ds[i], old_ds[i]
+            np.testing.assert_array_equal(a.pop("mask"), b.pop("mask"))
+            np.testing.assert_array_equal(a.pop("image"), b.pop("image"))
+            assert a == b
+    new_train = ReferDataset(root, "synthetic", "unc", "train", sentences="random", seed=3)
+    old_train = ReferDataset(old, "synthetic", "unc", "train", sentences="random", seed=3,
+                             image_root=root / "images" / "synthetic")
+    assert [new_train.ref_and_sentence(i)[1] for i in range(len(new_train))] == [
+        old_train.ref_and_sentence(i)[1] for i in range(len(old_train))]  # the same training draws
