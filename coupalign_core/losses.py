@@ -49,11 +49,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .model.configuration import CoupAlignConfig
 
 
 def at_target_size(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -73,7 +76,7 @@ class CoupAlignLoss(nn.Module):
     includes the weighted Dice term when ``dice_loss_weight`` > 0).
     """
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: CoupAlignConfig) -> None:
         """``config``: a ``CoupAlignConfig`` (reads aux_loss_weight λ, aux_temperature τ,
         aux_max_pixels, presence_loss_weight and dice_loss_weight)."""
         super().__init__()
@@ -180,7 +183,9 @@ class CoupAlignLoss(nn.Module):
         both = pos_valid.any(1) & neg_valid.any(1)  # (B,)
         return torch.where(both, p2n + n2p, torch.zeros_like(p2n))  # Eq. 16
 
-    def _sample(self, emb: torch.Tensor, inv_norm: torch.Tensor, members: torch.Tensor):
+    def _sample(
+        self, emb: torch.Tensor, inv_norm: torch.Tensor, members: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unit vectors of each image's set ``members`` (B, hw) bool: at most ``aux_max_pixels`` per
         image, uniformly without replacement (the set's pixels of smallest random key).
 

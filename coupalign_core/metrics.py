@@ -25,7 +25,6 @@ import math
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
-
 import torch
 
 PREC_THRESHOLDS = (5, 6, 7, 8, 9)  # tenths: prec@0.5 ... prec@0.9
@@ -38,11 +37,12 @@ def _to_numpy_bool(x: Any, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         if x.dtype != torch.bool:
             raise ValueError(f"{name} must be a boolean mask (threshold it first), got dtype {x.dtype}")
-        return x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.dtype != np.bool_:
-        raise ValueError(f"{name} must be a boolean mask (threshold it first), got dtype {x.dtype}")
-    return x
+        array: np.ndarray = x.detach().cpu().numpy()
+        return array
+    array = np.asarray(x)
+    if array.dtype != np.bool_:
+        raise ValueError(f"{name} must be a boolean mask (threshold it first), got dtype {array.dtype}")
+    return array
 
 
 class RISMetrics:
@@ -63,7 +63,7 @@ class RISMetrics:
         return len(self._unions)
 
     def reset(self) -> None:
-        self.__init__()
+        self._intersections, self._unions, self._groups = [], [], []
 
     # ---- accumulation ---------------------------------------------------------------------------
     def update(self, pred: Any, gt: Any, group: GroupArg = None) -> None:

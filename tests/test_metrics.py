@@ -185,3 +185,12 @@ def test_all_reduce_across_two_gloo_processes(tmp_path):
     for n_on in range(10):
         whole.update(row_mask(n_on), row_mask(10))
     assert results[0] == results[1] == whole.compute()
+
+
+def test_reset_forgets_every_sample():
+    m = RISMetrics()
+    m.update(np.ones((2, 4, 4), bool), np.ones((2, 4, 4), bool), group=["a", "b"])
+    m.reset()
+    assert len(m) == 0 and m.groups() == [] and m.compute()["n"] == 0
+    m.update(np.zeros((3, 3), bool), np.ones((3, 3), bool))
+    assert len(m) == 1 and m.compute()["oIoU"] == 0.0

@@ -1,16 +1,17 @@
 """Write the synthetic referring segmentation benchmark in the refer layout.
 
-Writes ROOT/synthetic/refs(unc).p, ROOT/synthetic/instances.json and ROOT/images/synthetic/*.png,
-which ReferDataset(ROOT, "synthetic", "unc", split) and `coupalign eval --data-root ROOT --dataset
-synthetic --split-by unc` read. Splits: train (80 %), val (10 %), testA (5 %, sparse scenes of 3-6
-objects) and testB (5 %, crowded scenes of 7-12 objects). The same seed gives identical files;
-evaluate on a seed that training never saw.
+Writes ROOT/synthetic/refs(unc).p, ROOT/synthetic/no_target_refs(unc).p, ROOT/synthetic/instances.json
+and ROOT/images/synthetic/*.png, which ReferDataset(ROOT, "synthetic", "unc", split), `coupalign eval
+--data-root ROOT --dataset synthetic --split-by unc` and the refer API read (docs/synthetic_benchmark.md).
+Splits: train (80 %), val (10 %), testA (5 %, sparse scenes of 3-6 objects) and testB (5 %, crowded
+scenes of 7-12 objects). The same seed gives identical files; evaluate on a seed that training never saw.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"synthetic benchmark (seed {summary['seed']}, {summary['image_size'][0]}x{summary['image_size'][1]}) "
              f"under {summary['root']}", f"{'split':<8}{'images':>8}{'refs':>8}{'sentences':>11}"]
     for split, c in summary["splits"].items():

@@ -6,11 +6,14 @@ Segmenter and the ROS pipeline all call them, so training and deployment see ide
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 import torch
+
+# (text, max_tokens) -> (input_ids, attention_mask), each (1, max_tokens): a TextTokenizer
+Tokenize = Callable[[str, int], tuple[np.ndarray, np.ndarray]]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -51,7 +54,7 @@ class ReferTransform:
     image and mask (``keep_original=True`` keeps them too, for scoring at the original size).
     """
 
-    def __init__(self, image_size: int, tokenizer, max_tokens: int, keep_original: bool = False):
+    def __init__(self, image_size: int, tokenizer: Tokenize, max_tokens: int, keep_original: bool = False):
         self.image_size = image_size
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens

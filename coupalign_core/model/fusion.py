@@ -30,8 +30,8 @@ class CrossAttentionFusion(nn.Module):
         b, h, w, c = vision.shape
         v_flat = vision.reshape(b, h * w, c)  # (B, HoWo, C_o)
         v = self.vision_proj(v_flat) + self.pos_embed(h, w)  # (B, HoWo, D)  Eq. 7
-        l = self.text_proj(text)  # (B, T, D)  Eq. 7
-        tokens = torch.cat([v, l], dim=1)  # F_o (B, HoWo+T, D)
+        words = self.text_proj(text)  # L (B, T, D)  Eq. 7
+        tokens = torch.cat([v, words], dim=1)  # F_o (B, HoWo+T, D)
         pad = torch.cat([text_mask.new_zeros(b, h * w), ~text_mask], dim=1)  # True = ignore
         fused, _ = self.attn(tokens, tokens, tokens, key_padding_mask=pad, need_weights=False)
         s = self.out_proj(fused[:, : h * w]) + v_flat  # (B, HoWo, C_o)  Eq. 8

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
@@ -44,12 +45,14 @@ class SwinImageEncoder(nn.Module):
                 f"image_pretrained={source!r} is neither an existing weights file nor 'timm' "
                 f"(download {config.image_encoder}'s weights where you have internet)"
             )
-        if not hasattr(swin, "layers") or len(swin.layers) != 4:
+        layers, patch_embed = getattr(swin, "layers", None), getattr(swin, "patch_embed", None)
+        if not isinstance(layers, (nn.Sequential, nn.ModuleList)) or len(layers) != 4 or patch_embed is None:
             raise ValueError(f"{config.image_encoder} is not a 4-stage timm Swin Transformer")
         # Keep only what CoupAlign uses: the final norm and the classifier would get no gradient.
-        self.patch_embed = swin.patch_embed
-        self.stages = swin.layers
-        self.channels: list[int] = [int(info["num_chs"]) for info in swin.feature_info]  # C_1..C_4
+        self.patch_embed: nn.Module = patch_embed
+        self.stages: nn.Sequential | nn.ModuleList = layers
+        feature_info = cast(list[dict[str, Any]], swin.feature_info)  # timm: one dict per stage
+        self.channels: list[int] = [int(info["num_chs"]) for info in feature_info]  # C_1..C_4
         # Swin's optional absolute position embedding (see CoupAlignConfig.image_abs_pos_embed).
         grid = (config.image_size // 4, config.image_size // 4)
         self.abs_pos_embed = (

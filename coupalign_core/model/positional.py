@@ -22,10 +22,10 @@ class LearnedPositionalEmbedding2d(nn.Module):
 
     def forward(self, height: int, width: int) -> torch.Tensor:
         """(1, height*width, dim); bicubic resize of the table when (height, width) != grid."""
-        w = self.weight
+        table: torch.Tensor = self.weight  # (1, dim, grid_h, grid_w)
         if (height, width) != self.grid:
-            w = F.interpolate(w, size=(height, width), mode="bicubic", align_corners=False)
-        return w.flatten(2).transpose(1, 2)
+            table = F.interpolate(table, size=(height, width), mode="bicubic", align_corners=False)
+        return table.flatten(2).transpose(1, 2)
 
 
 def sincos_2d(dim: int, grid: tuple[int, int], temperature: float = 10000.0) -> torch.Tensor:
@@ -43,7 +43,9 @@ def sincos_2d(dim: int, grid: tuple[int, int], temperature: float = 10000.0) -> 
     return table[None].float()
 
 
-def resample_position_tables(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def resample_position_tables(
+    model: nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Fits a checkpoint's position tables to ``model``'s input size; returns (state, resampled keys).
 
     A model trained at one image size starts another size (a fine-tuning stage at a higher

@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
+
+if TYPE_CHECKING:  # configuration imports this module
+    from .configuration import CoupAlignConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ class TextTokenizer:
         return self._tok.encode(text).tokens
 
 
-def build_tokenizer(config) -> TextTokenizer:
+def build_tokenizer(config: CoupAlignConfig) -> TextTokenizer:
     """Tokenizer named by a CoupAlignConfig (``tokenizer`` or else ``text_encoder``)."""
     source = config.tokenizer or config.text_encoder
     return TextTokenizer.from_pretrained(source, lowercase=config.lowercase)

@@ -15,7 +15,6 @@ influence nothing.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -85,6 +84,3 @@ def build_wpa(
         {str(s): WordPixelAlignment(stage_channels[s - 1], text_dim, dim, direction) for s in stages}
     )
 
-
-def get_wpa(modules: nn.ModuleDict, stage: int) -> Optional[WordPixelAlignment]:
-    return modules[str(stage)] if str(stage) in modules else None

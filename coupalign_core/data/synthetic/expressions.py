@@ -30,7 +30,7 @@ A close call (a gap below the margin, a borderline candidate) makes the query il
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
@@ -158,13 +158,12 @@ def resolve(query: dict[str, Any], objects: list[ObjectView]) -> list[int] | Non
     if spatial is None:
         return cands
     kind = spatial["type"]
-    landmark = None
     if kind == "relation":
         found = resolve({"np": spatial["landmark"], "spatial": None}, objects)
         if found is None or len(found) != 1:
             return None
-        landmark = objects[found[0]]
         cands = [i for i in cands if i != found[0]]
+        return _resolve_relation(spatial["rel"], cands, objects, objects[found[0]])
     if not cands:
         return []
     if kind in ("extreme", "ordinal"):
@@ -172,22 +171,26 @@ def resolve(query: dict[str, Any], objects: list[ObjectView]) -> list[int] | Non
         return _pick_ranked(cands, keys, 1 if kind == "extreme" else int(spatial["rank"]))
     if kind == "center":
         return _pick_nearest(cands, [float(np.hypot(objects[i].x - 0.5, objects[i].y - 0.5)) for i in cands])
-    if kind == "relation":
-        rel = spatial["rel"]
-        if rel == "near":
-            dists = [float(np.hypot(objects[i].x - landmark.x, objects[i].y - landmark.y)) for i in cands]
-            return _pick_nearest(cands, dists)
-        chosen = []
-        for i in cands:
-            o = objects[i]
-            d = {"left": landmark.x - o.x, "right": o.x - landmark.x,
-                 "above": landmark.y - o.y, "below": o.y - landmark.y}[rel]
-            if d >= POSITION_MARGIN:
-                chosen.append(i)
-            elif d > 0:
-                return None  # borderline: neither clearly there nor clearly not
-        return chosen
     raise ValueError(f"unknown spatial type {kind!r}")
+
+
+def _resolve_relation(rel: str, cands: list[int], objects: list[ObjectView], landmark: ObjectView) -> list[int] | None:
+    """``resolve`` for "<np> <rel> <landmark>": the candidates (landmark excluded) in that relation."""
+    if not cands:
+        return []
+    if rel == "near":
+        dists = [float(np.hypot(objects[i].x - landmark.x, objects[i].y - landmark.y)) for i in cands]
+        return _pick_nearest(cands, dists)
+    chosen = []
+    for i in cands:
+        o = objects[i]
+        d = {"left": landmark.x - o.x, "right": o.x - landmark.x,
+             "above": landmark.y - o.y, "below": o.y - landmark.y}[rel]
+        if d >= POSITION_MARGIN:
+            chosen.append(i)
+        elif d > 0:
+            return None  # borderline: neither clearly there nor clearly not
+    return chosen
 
 
 # ---- candidate queries per kind ------------------------------------------------------------------
@@ -284,7 +287,10 @@ NO_TARGET_MIX = {"size": 0.15, "near": 0.65, "far": 0.2}  # how no-target descri
 
 
 # ---- words --------------------------------------------------------------------------------------
-def _choice(rng: np.random.Generator, seq):
+T = TypeVar("T")
+
+
+def _choice(rng: np.random.Generator, seq: Sequence[T]) -> T:
     return seq[int(rng.integers(len(seq)))]
 
 
@@ -334,6 +340,8 @@ def render_text(rng: np.random.Generator, kind: str, query: dict[str, Any]) -> s
                 ord=ORDINAL_WORDS[spatial["rank"]], dir=spatial["dir"], **fields)
         return _choice(rng, LONG_RELATION_TEMPLATES).format(
             rel=_choice(rng, RELATION_WORDS[spatial["rel"]]), L=np_text(rng, spatial["landmark"]), **fields)
+    if spatial is None:
+        raise ValueError(f"a {kind} sentence needs a spatial query, got {query!r}")
     n_text = np_text(rng, np_)
     if spatial["type"] == "extreme":
         return _choice(rng, EXTREME_TEMPLATES[spatial["dir"]]).format(N=n_text)
@@ -393,7 +401,8 @@ def make_refs(rng: np.random.Generator, objects: list[ObjectView], *, num_refs: 
         want = int(rng.integers(sentences_per_ref[0], sentences_per_ref[1] + 1))
         kinds = list(options)
         w = np.array([KIND_WEIGHTS[k] for k in kinds])
-        sentences, seen = [], set()
+        sentences: list[dict[str, Any]] = []
+        seen: set[str] = set()
         for _ in range(2 * want):  # each sentence: a kind by weight, then one of its queries
             if len(sentences) == want:
                 break

@@ -12,7 +12,7 @@ painted pixels, the saved polygons and the masks the loader decodes are the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -55,7 +55,7 @@ class SceneObject:
     size: str
     polygon: np.ndarray  # (K, 2) float x, y in pixels
     full_mask: np.ndarray  # (H, W) bool, the whole shape
-    mask: np.ndarray = field(default=None)  # (H, W) bool, the visible part
+    mask: np.ndarray  # (H, W) bool, the visible part (starts as full_mask, shrinks as objects cover it)
     shading: float = 0.0  # direction (radians) of the object's light gradient, for the renderer
 
     @property
