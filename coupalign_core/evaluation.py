@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,6 +72,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data.collate import collate
+from .data.refer import ReferDataset
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, ReferTransform
 from .metrics import RISMetrics
 from .model.modeling import presence_score
@@ -302,6 +303,50 @@ def evaluate(
     return result
 
 
+class SplitScoringError(RuntimeError):
+    """Scoring ``split`` failed; ``scored`` holds the results of the splits scored before it."""
+
+    def __init__(self, split: str, scored: dict[str, dict[str, Any]], cause: Exception):
+        before = f"after {', '.join(scored)} {'was' if len(scored) == 1 else 'were'} scored" if scored else "first"
+        super().__init__(f"scoring split {split!r} failed ({before}): {type(cause).__name__}: {cause}")
+        self.split = split
+        self.scored = scored
+
+
+def open_splits(
+    data_root: str | os.PathLike,
+    dataset: str,
+    split_by: str,
+    splits: Sequence[str],
+    *,
+    image_root: str | os.PathLike | None = None,
+) -> dict[str, ReferDataset]:
+    """Every requested split (every sentence of every ref), each opened and its first item read.
+
+    Done for all splits before any is scored, so an unknown, empty or unreadable split fails at once,
+    naming every such split, instead of after the splits before it have been scored."""
+    if not splits:
+        raise ValueError("no split to score")
+    repeated = sorted({split for split in splits if list(splits).count(split) > 1})
+    if repeated:
+        raise ValueError(f"splits named more than once: {repeated}")
+    opened: dict[str, ReferDataset] = {}
+    problems: dict[str, list[str]] = {}  # message -> the splits it applies to
+    for split in splits:
+        try:
+            data = ReferDataset(data_root, dataset, split_by, split, image_root=image_root, sentences="all")
+            data[0]  # one image read and one mask decoded: the files are readable
+        except (OSError, ValueError) as e:
+            problems.setdefault(str(e), []).append(split)
+            continue
+        opened[split] = data
+    if problems:
+        bad = sum(len(names) for names in problems.values())
+        detail = "; ".join(f"{', '.join(names)}: {message}" for message, names in problems.items())
+        raise ValueError(f"{bad} of {len(splits)} splits cannot be scored (nothing was scored): {detail}")
+    return opened
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     data_root: str | os.PathLike,
@@ -311,18 +356,29 @@ def evaluate_checkpoint(
     *,
     image_root: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    on_split_scored: Callable[[str, dict[str, Any]], None] | None = None,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
-    """``evaluate`` a checkpoint on each split (every sentence of every ref): split -> result."""
-    from .checkpoint import load_model
-    from .data import ReferDataset
+    """``evaluate`` a checkpoint on each split (every sentence of every ref): split -> result.
 
+    Every split is opened (:func:`open_splits`) before the model loads. ``on_split_scored(split,
+    result)`` runs after each split, so a caller can keep what is done (``coupalign eval`` writes its
+    report there); a split that fails raises :class:`SplitScoringError`, which carries the results
+    of the splits scored before it."""
+    from .checkpoint import load_model
+
+    datasets = open_splits(data_root, dataset, split_by, splits, image_root=image_root)
     model, tokenizer, _ = load_model(checkpoint, map_location=device)
-    results = {}
-    for split in splits:
-        data = ReferDataset(data_root, dataset, split_by, split, image_root=image_root, sentences="all")
+    results: dict[str, dict[str, Any]] = {}
+    for split, data in datasets.items():
         log.info("%s", data)
-        results[split] = evaluate(model, tokenizer, data, device=device, desc=f"{dataset} {split}", **kwargs)
+        try:
+            result = evaluate(model, tokenizer, data, device=device, desc=f"{dataset} {split}", **kwargs)
+        except Exception as e:
+            raise SplitScoringError(split, dict(results), e) from e
+        results[split] = result
+        if on_split_scored is not None:
+            on_split_scored(split, result)
     return results
 
 
@@ -381,4 +437,7 @@ def results_to_json(results: dict[str, dict[str, Any]], **meta: Any) -> dict[str
     return out
 
 
-__all__ = ["evaluate", "evaluate_checkpoint", "format_table", "results_to_json", "shuffled_sources"]
+__all__ = [
+    "SplitScoringError", "evaluate", "evaluate_checkpoint", "format_table", "open_splits", "results_to_json",
+    "shuffled_sources",
+]
