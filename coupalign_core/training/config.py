@@ -61,7 +61,10 @@ class Interval:
         if isinstance(value, Interval):
             return value
         if isinstance(value, dict):
-            return cls(int(value["every"]), value.get("unit", "step"))
+            unit = value.get("unit", "step")
+            if unit not in ("step", "epoch"):
+                raise ValueError(f"train.{name}: unit must be 'step' or 'epoch', got {unit!r}")
+            return cls(int(value["every"]), unit)
         if isinstance(value, bool):
             raise ValueError(f"train.{name} must be a number of steps or 'N epochs', got {value!r}")
         if isinstance(value, int):
@@ -73,8 +76,8 @@ class Interval:
             raise ValueError(
                 f"train.{name} must be a number of steps or a string like '2 epochs', got {value!r}"
             )
-        unit = "epoch" if (m.group(2) or "step").startswith("epoch") else "step"
-        return cls(int(m.group(1)), unit)
+        parsed_unit: Literal["step", "epoch"] = "epoch" if (m.group(2) or "step").startswith("epoch") else "step"
+        return cls(int(m.group(1)), parsed_unit)
 
     def due(self, step: int, epoch_end: Optional[int] = None) -> bool:
         """At optimizer step ``step`` (1-based count of steps done); ``epoch_end``: epochs done, at
@@ -169,7 +172,10 @@ class OptimConfig:
         for name in ("decay_epochs", "max_minutes", "clip_grad_norm"):
             if getattr(self, name) is not None:
                 setattr(self, name, _as_float(getattr(self, name), name))
-        self.betas = tuple(_as_float(b, "betas") for b in self.betas)  # type: ignore[assignment]
+        betas = tuple(_as_float(b, "betas") for b in self.betas)
+        if len(betas) != 2:
+            raise ValueError(f"train.betas must be two numbers, got {list(self.betas)}")
+        self.betas = (betas[0], betas[1])
         self.eval_every = Interval.parse(self.eval_every, "eval_every")
         self.checkpoint_every = Interval.parse(self.checkpoint_every, "checkpoint_every")
         if self.optimizer.lower() != "adamw":
