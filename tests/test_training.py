@@ -78,7 +78,7 @@ def data_root(tmp_path_factory) -> Path:
 
 def tiny_config(data_root: Path, **train) -> dict:
     """The raw YAML dict of a tiny run: 6 train refs at batch 2 = 3 steps per epoch."""
-    # One thread: on a shared 2-core machine two OpenMP threads that spin-wait are up to 10x slower.
+    # One thread: on a shared 2-core machine two spin-waiting OpenMP threads collapse (docs/training.md).
     t = dict(lr=1e-3, end_lr=1e-4, decay_steps=8, warmup_steps=1, max_steps=5, batch_size=2,
              clip_grad_norm=1.0, eval_every=3, checkpoint_every=2, log_every=1, overlay_samples=2, seed=3,
              num_threads=1)
