@@ -62,7 +62,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, cast
 
 import numpy as np
 import torch
@@ -72,6 +74,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data.collate import collate
+from .data.refer import ReferDataset
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, ReferTransform
 from .metrics import RISMetrics
 from .model.modeling import presence_score
@@ -183,10 +186,121 @@ def _presence_summary(scores: np.ndarray, no_target: np.ndarray, threshold: floa
 
 
 # ---- the engine ------------------------------------------------------------------------------------
+class _InputSpec(Protocol):
+    """What evaluation reads of a model's config (``CoupAlignConfig``, or a stand-in's)."""
+
+    image_size: int
+    max_tokens: int
+
+
+@dataclass
+class _Tally:
+    """What one rank accumulates over its batches: mask metrics of the samples with a target,
+    presence scores and no-target flags of all samples, and the first overlay examples."""
+
+    resolution: str
+    threshold: float
+    num_examples: int  # 0 on every rank but 0
+    metrics: RISMetrics = field(default_factory=RISMetrics)
+    scores: list[float] = field(default_factory=list)
+    no_target_flags: list[bool] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, batch: dict[str, Any], logits: torch.Tensor, presence_logits: Optional[torch.Tensor],
+            device: torch.device) -> None:
+        """One batch: logits (B, 1, S, S) float, presence_logits (B,) or None."""
+        self.scores += presence_score(logits, presence_logits).cpu().tolist()
+        flags = [bool(f) for f in batch["no_target"]]
+        self.no_target_flags += flags
+        keep = [i for i, f in enumerate(flags) if not f]  # samples with a target
+        if not keep:
+            return
+        self._update_metrics(batch, logits, keep, device)
+        if len(self.examples) < self.num_examples:
+            self._add_examples(batch, logits, keep)
+
+    def _update_metrics(self, batch: dict[str, Any], logits: torch.Tensor, keep: list[int],
+                        device: torch.device) -> None:
+        kinds = [batch["kind"][i] for i in keep]
+        if self.resolution == "input":
+            pred = logits[keep, 0].sigmoid() >= self.threshold  # (K, S, S)
+            gt = batch["target"][keep].to(device) > 0.5  # (K, S, S)
+            self.metrics.update(pred, gt, group=kinds)
+            return
+        for i, kind in zip(keep, kinds):
+            gt = torch.from_numpy(batch["mask"][i]).to(device)  # (H, W) original size
+            up = F.interpolate(logits[i : i + 1], size=gt.shape, mode="bilinear", align_corners=False)  # (1, 1, H, W)
+            self.metrics.update(up[0, 0].sigmoid() >= self.threshold, gt, group=kind)
+
+    def _add_examples(self, batch: dict[str, Any], logits: torch.Tensor, keep: list[int]) -> None:
+        ious = self.metrics.ious()[-len(keep):]
+        for k, i in enumerate(keep[: self.num_examples - len(self.examples)]):
+            self.examples.append({
+                "image": _denormalise(batch["pixel_values"][i]),
+                "pred": (logits[i, 0].sigmoid() >= self.threshold).cpu().numpy(),
+                "target": batch["target"][i].numpy() > 0.5,
+                "sentence": batch["sentence"][i],
+                "kind": batch["kind"][i],
+                "iou": float(ious[k]),
+            })
+
+    def merge_ranks(self, world: int) -> None:
+        """Every rank ends with the metrics, scores and flags of all ranks."""
+        self.metrics.all_reduce()
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (self.scores, self.no_target_flags))
+        self.scores = [s for part, _ in gathered for s in part]
+        self.no_target_flags = [f for _, part in gathered for f in part]
+
+    def by_kind(self) -> dict[str, Any]:
+        """Metrics per expression kind and per combined group; {} on data without kinds."""
+        if not self.metrics.groups():
+            return {}
+        by_kind = self.metrics.breakdown()
+        for name, members in COMBINED_GROUPS.items():
+            if any(m in by_kind for m in members):
+                by_kind[name] = self.metrics.compute(group=members)
+        return by_kind
+
+    def presence(self, threshold: float) -> dict[str, Any]:
+        return _presence_summary(np.asarray(self.scores, dtype=np.float64),
+                                 np.asarray(self.no_target_flags, dtype=bool), threshold)
+
+
+def _check_options(resolution: str, threshold: float, presence_threshold: float, batch_size: int) -> None:
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    if not 0.0 < threshold < 1.0 or not 0.0 < presence_threshold < 1.0:
+        raise ValueError(f"thresholds must lie in (0, 1), got {threshold} and {presence_threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _ranks(distributed: Optional[bool]) -> tuple[bool, int, int]:
+    """(distributed, rank, world size); ``None`` turns sharding on when a group of > 1 rank is up."""
+    group_up = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        distributed = group_up and dist.get_world_size() > 1
+    if distributed and not group_up:
+        raise RuntimeError("distributed=True but torch.distributed has no initialised process group")
+    return (True, dist.get_rank(), dist.get_world_size()) if distributed else (False, 0, 1)
+
+
+@contextmanager
+def _eval_mode(net: torch.nn.Module) -> Iterator[None]:
+    """``net`` in eval mode inside, its own mode afterwards (the trainer validates mid-training)."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
 def evaluate(
     model: torch.nn.Module,
-    tokenizer,
-    dataset,
+    tokenizer: Any,
+    dataset: Any,
     *,
     batch_size: int = 8,
     resolution: str = "input",
@@ -202,21 +316,11 @@ def evaluate(
     desc: str = "eval",
 ) -> dict[str, Any]:
     """Score ``model`` on every item of ``dataset`` (see the module docstring for the result)."""
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
-    if not 0.0 < threshold < 1.0 or not 0.0 < presence_threshold < 1.0:
-        raise ValueError(f"thresholds must lie in (0, 1), got {threshold} and {presence_threshold}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_options(resolution, threshold, presence_threshold, batch_size)
     net = getattr(model, "module", model)  # DDP -> the CoupAlign it wraps
-    config = net.config
+    config = cast(_InputSpec, net.config)
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    group_up = dist.is_available() and dist.is_initialized()
-    if distributed is None:
-        distributed = group_up and dist.get_world_size() > 1
-    if distributed and not group_up:
-        raise RuntimeError("distributed=True but torch.distributed has no initialised process group")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    distributed, rank, world = _ranks(distributed)
 
     sentence_of = _sentence_sources(dataset, seed) if shuffle_expressions else None
     transform = ReferTransform(config.image_size, tokenizer, config.max_tokens,
@@ -225,74 +329,25 @@ def evaluate(
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate, pin_memory=device.type == "cuda")
 
-    metrics = RISMetrics()
-    scores: list[float] = []
-    no_target_flags: list[bool] = []
-    examples: list[dict[str, Any]] = []
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.inference_mode():
-            bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and rank == 0), leave=False)
-            for batch in bar:
-                images = batch["pixel_values"].to(device, non_blocking=True)
-                out = net(images, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                logits = out.logits.float()  # (B, 1, S, S)
-                scores += presence_score(logits, out.presence_logits).cpu().tolist()
-                flags = [bool(f) for f in batch["no_target"]]
-                no_target_flags += flags
-                keep = [i for i, f in enumerate(flags) if not f]  # samples with a target
-                if not keep:
-                    continue
-                kinds = [batch["kind"][i] for i in keep]
-                if resolution == "input":
-                    pred = logits[keep, 0].sigmoid() >= threshold  # (K, S, S)
-                    gt = batch["target"][keep].to(device) > 0.5  # (K, S, S)
-                    metrics.update(pred, gt, group=kinds)
-                else:
-                    for i, kind in zip(keep, kinds):
-                        gt = torch.from_numpy(batch["mask"][i]).to(device)  # (H, W) original size
-                        up = F.interpolate(logits[i : i + 1], size=gt.shape, mode="bilinear",
-                                           align_corners=False)  # (1, 1, H, W)
-                        metrics.update(up[0, 0].sigmoid() >= threshold, gt, group=kind)
-                if len(examples) < num_examples and rank == 0:
-                    ious = metrics.ious()[-len(keep):]
-                    for k, i in enumerate(keep[: num_examples - len(examples)]):
-                        examples.append({
-                            "image": _denormalise(batch["pixel_values"][i]),
-                            "pred": (logits[i, 0].sigmoid() >= threshold).cpu().numpy(),
-                            "target": batch["target"][i].numpy() > 0.5,
-                            "sentence": batch["sentence"][i],
-                            "kind": batch["kind"][i],
-                            "iou": float(ious[k]),
-                        })
-    finally:
-        net.train(was_training)
-
+    tally = _Tally(resolution, threshold, num_examples if rank == 0 else 0)
+    with _eval_mode(net), torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not (progress and rank == 0), leave=False):
+            images = batch["pixel_values"].to(device, non_blocking=True)
+            out = net(images, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            tally.add(batch, out.logits.float(), out.presence_logits, device)
     if distributed:
-        metrics.all_reduce()
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, (scores, no_target_flags))
-        scores = [s for part, _ in gathered for s in part]
-        no_target_flags = [f for _, part in gathered for f in part]
+        tally.merge_ranks(world)
 
-    by_kind: dict[str, Any] = {}
-    if metrics.groups():
-        by_kind = metrics.breakdown()
-        for name, members in COMBINED_GROUPS.items():
-            if any(m in by_kind for m in members):
-                by_kind[name] = metrics.compute(group=members)
-    result = {
-        "metrics": metrics.compute(),
-        "by_kind": by_kind,
-        "presence": _presence_summary(np.asarray(scores, dtype=np.float64),
-                                      np.asarray(no_target_flags, dtype=bool), presence_threshold),
+    result: dict[str, Any] = {
+        "metrics": tally.metrics.compute(),
+        "by_kind": tally.by_kind(),
+        "presence": tally.presence(presence_threshold),
         "resolution": resolution,
         "image_size": int(config.image_size),
         "threshold": threshold,
         "shuffle_expressions": bool(shuffle_expressions),
-        "num_sentences": len(scores),
-        "examples": examples,
+        "num_sentences": len(tally.scores),
+        "examples": tally.examples,
     }
     log.info(
         "%s: oIoU %.2f mIoU %.2f over %d samples with a target (%d no-target) at %s resolution%s",
@@ -300,6 +355,50 @@ def evaluate(
         result["presence"]["no_target_n"], resolution, ", expressions shuffled" if shuffle_expressions else "",
     )
     return result
+
+
+class SplitScoringError(RuntimeError):
+    """Scoring ``split`` failed; ``scored`` holds the results of the splits scored before it."""
+
+    def __init__(self, split: str, scored: dict[str, dict[str, Any]], cause: Exception):
+        before = f"after {', '.join(scored)} {'was' if len(scored) == 1 else 'were'} scored" if scored else "first"
+        super().__init__(f"scoring split {split!r} failed ({before}): {type(cause).__name__}: {cause}")
+        self.split = split
+        self.scored = scored
+
+
+def open_splits(
+    data_root: str | os.PathLike,
+    dataset: str,
+    split_by: str,
+    splits: Sequence[str],
+    *,
+    image_root: str | os.PathLike | None = None,
+) -> dict[str, ReferDataset]:
+    """Every requested split (every sentence of every ref), each opened and its first item read.
+
+    Done for all splits before any is scored, so an unknown, empty or unreadable split fails at once,
+    naming every such split, instead of after the splits before it have been scored."""
+    if not splits:
+        raise ValueError("no split to score")
+    repeated = sorted({split for split in splits if list(splits).count(split) > 1})
+    if repeated:
+        raise ValueError(f"splits named more than once: {repeated}")
+    opened: dict[str, ReferDataset] = {}
+    problems: dict[str, list[str]] = {}  # message -> the splits it applies to
+    for split in splits:
+        try:
+            data = ReferDataset(data_root, dataset, split_by, split, image_root=image_root, sentences="all")
+            data[0]  # one image read and one mask decoded: the files are readable
+        except (OSError, ValueError) as e:
+            problems.setdefault(str(e), []).append(split)
+            continue
+        opened[split] = data
+    if problems:
+        bad = sum(len(names) for names in problems.values())
+        detail = "; ".join(f"{', '.join(names)}: {message}" for message, names in problems.items())
+        raise ValueError(f"{bad} of {len(splits)} splits cannot be scored (nothing was scored): {detail}")
+    return opened
 
 
 def evaluate_checkpoint(
@@ -311,18 +410,29 @@ def evaluate_checkpoint(
     *,
     image_root: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    on_split_scored: Callable[[str, dict[str, Any]], None] | None = None,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
-    """``evaluate`` a checkpoint on each split (every sentence of every ref): split -> result."""
-    from .checkpoint import load_model
-    from .data import ReferDataset
+    """``evaluate`` a checkpoint on each split (every sentence of every ref): split -> result.
 
+    Every split is opened (:func:`open_splits`) before the model loads. ``on_split_scored(split,
+    result)`` runs after each split, so a caller can keep what is done (``coupalign eval`` writes its
+    report there); a split that fails raises :class:`SplitScoringError`, which carries the results
+    of the splits scored before it."""
+    from .checkpoint import load_model
+
+    datasets = open_splits(data_root, dataset, split_by, splits, image_root=image_root)
     model, tokenizer, _ = load_model(checkpoint, map_location=device)
-    results = {}
-    for split in splits:
-        data = ReferDataset(data_root, dataset, split_by, split, image_root=image_root, sentences="all")
+    results: dict[str, dict[str, Any]] = {}
+    for split, data in datasets.items():
         log.info("%s", data)
-        results[split] = evaluate(model, tokenizer, data, device=device, desc=f"{dataset} {split}", **kwargs)
+        try:
+            result = evaluate(model, tokenizer, data, device=device, desc=f"{dataset} {split}", **kwargs)
+        except Exception as e:
+            raise SplitScoringError(split, dict(results), e) from e
+        results[split] = result
+        if on_split_scored is not None:
+            on_split_scored(split, result)
     return results
 
 
@@ -381,4 +491,7 @@ def results_to_json(results: dict[str, dict[str, Any]], **meta: Any) -> dict[str
     return out
 
 
-__all__ = ["evaluate", "evaluate_checkpoint", "format_table", "results_to_json", "shuffled_sources"]
+__all__ = [
+    "SplitScoringError", "evaluate", "evaluate_checkpoint", "format_table", "open_splits", "results_to_json",
+    "shuffled_sources",
+]

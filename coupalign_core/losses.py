@@ -156,7 +156,8 @@ class CoupAlignLoss(nn.Module):
 
         Batched: the sets of every image are padded to the batch's largest (capped) set and masked,
         so the term costs a fixed handful of kernels per batch. A loop over the images cost ~20 ops
-        and a device sync each, which made a batch-128 step of the tiny model 0.5 s on an H200.
+        and a device sync each, which made a batch-128 step of the tiny model slow on a GPU
+        (docs/training.md, "One GPU").
         """
         if pixel_embeddings.dim() != 4 or pixel_embeddings.shape[0] != target.shape[0]:
             raise ValueError(

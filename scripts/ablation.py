@@ -7,7 +7,7 @@ Trains every variant (full CoupAlign, no WPA, language-to-vision WPA only, no SM
 loss) from `training/configs/synthetic_cpu.yaml` with the same step budget and the same seeds, scores
 each on a world none of them trained on (val, testA, testB of --eval-seed), and writes a markdown
 table of mean ± std over seeds. Finished runs are skipped and interrupted ones resume, so the
-command can simply be run again. On a GPU each run takes minutes; on 2 CPU cores about 15-20.
+command can simply be run again. How long a run takes: docs/results/runs.md ("scripts/ablation.py").
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def main() -> int:
 
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    cpu = platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu})"
     text = [
         "# Table 4 in miniature: ablations on the synthetic benchmark",
         "",

@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("gpu_bench")
 
@@ -40,10 +41,11 @@ CONFIGS: dict[str, tuple[str, str, dict, float]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--preset", default="paper", choices=("paper", "small", "tiny"))
-    parser.add_argument("--image-size", default="448x448", metavar="WxH", help="camera frame size (default %(default)s)")
+    parser.add_argument("--image-size", default="448x448", metavar="WxH",
+                        help="camera frame size (default %(default)s)")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting configurations after this")
@@ -53,8 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="ONNX/TensorRT cache (default: under --out-dir)")
     # For checking this script's logic on a machine without a GPU (tiny preset, no GPU numbers).
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     start = time.perf_counter()
 
     import torch
@@ -68,11 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    from coupalign_core.inference import Segmenter
     from coupalign_core.inference.backends import probe_environment
-    from coupalign_core.inference.bench import (
-        benchmark, format_table, machine_info, parse_image_size, synthetic_frame, timestamp, write_json,
-    )
+    from coupalign_core.inference.bench import machine_info, parse_image_size, synthetic_frame
     from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
 
     width, height = parse_image_size(args.image_size)
@@ -89,63 +93,103 @@ def main(argv: list[str] | None = None) -> int:
     model = CoupAlign(config).eval()
     tokenizer = build_tokenizer(config)
     image = synthetic_frame(width, height)
-    log.info("%s preset: %.1f M parameters, %d² input, T=%d, model built in %.0f s",
-             args.preset, model.num_parameters() / 1e6, config.image_size, config.max_tokens, time.perf_counter() - start)
+    log.info("%s preset: %.1f M parameters, %d² input, T=%d, model built in %.0f s", args.preset,
+             model.num_parameters() / 1e6, config.image_size, config.max_tokens, time.perf_counter() - start)
 
     results: dict[str, dict] = {}
     notes: dict[str, str] = {}
     per_run_s = None  # seconds per timed run of the slowest eager config so far
     for name in args.configs:
         backend, precision, options, overhead = CONFIGS[name]
-        options = dict(options)
-        if backend == "tensorrt" and not (env.has_tensorrt and args.device == "cuda"):
-            notes[name] = "skipped: TensorRT is not installed"
+        missing = missing_backend(backend, args, env)
+        if missing:
+            notes[name] = missing
             continue
-        if backend == "onnxruntime" and "CUDAExecutionProvider" not in env.ort_providers and args.device == "cuda":
-            notes[name] = "skipped: onnxruntime-gpu (CUDA execution provider) is not installed"
+        over = over_budget(overhead, per_run_s, time.perf_counter() - start, args)
+        if over:
+            notes[name] = over
+            log.warning("%s %s", name, over)
             continue
-        elapsed = time.perf_counter() - start
-        expected = overhead + (per_run_s or 0.05) * (args.runs + args.warmup)
-        if elapsed + expected > args.budget_s:
-            notes[name] = f"skipped: ~{expected:.0f} s needed, {args.budget_s - elapsed:.0f} s of the budget left"
-            log.warning("%s %s", name, notes[name])
-            continue
-        # "fp32 eager" keeps torch's defaults (TF32 matmuls off); the tf32 row turns them on.
-        torch.backends.cuda.matmul.allow_tf32 = options.pop("tf32", False)
-        t0 = time.perf_counter()
         try:
-            seg = Segmenter(model, tokenizer, backend=backend, device=args.device, precision=precision,
-                            cache_dir=cache_dir, **options)
-            seg(image, "warm-up sentence")  # compiles / builds / autotunes here
-            setup_s = time.perf_counter() - t0
-            result = benchmark(seg, image, runs=args.runs, warmup=args.warmup, device=args.device, progress=False)
+            result = run_config(model, tokenizer, image, backend, precision, dict(options), args, cache_dir)
         except Exception as e:  # one failing configuration must not lose the others' numbers
             notes[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
             log.error("%s %s", name, notes[name])
             continue
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = False
-        result["setup_s"] = setup_s
         results[name] = result
         per_run_s = max(per_run_s or 0.0, result["stages_ms"]["total"]["median"] / 1e3)
         log.info("%s: median %.2f ms end to end (inference %.2f ms), setup %.0f s", name,
-                 result["stages_ms"]["total"]["median"], result["stages_ms"]["inference"]["median"], setup_s)
-        del seg
-        gc.collect()
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
-        if options.get("compile"):
-            import torch._dynamo
+                 result["stages_ms"]["total"]["median"], result["stages_ms"]["inference"]["median"],
+                 result["setup_s"])
 
-            torch._dynamo.reset()  # free the compiled graphs before the next configuration
+    write_report(args, results, notes, machine, (width, height), time.perf_counter() - start, out_dir)
+    return 0
 
-    total_s = time.perf_counter() - start
+
+def missing_backend(backend: str, args: argparse.Namespace, env: Any) -> str | None:
+    """The note for a configuration whose backend is not installed here, else None."""
+    if backend == "tensorrt" and not (env.has_tensorrt and args.device == "cuda"):
+        return "skipped: TensorRT is not installed"
+    if backend == "onnxruntime" and "CUDAExecutionProvider" not in env.ort_providers and args.device == "cuda":
+        return "skipped: onnxruntime-gpu (CUDA execution provider) is not installed"
+    return None
+
+
+def over_budget(overhead: float, per_run_s: float | None, elapsed: float, args: argparse.Namespace) -> str | None:
+    """The note for a configuration that would not fit the budget left, else None. ``per_run_s``: seconds
+    per timed run of the slowest configuration so far (None before the first)."""
+    expected = overhead + (per_run_s or 0.05) * (args.runs + args.warmup)
+    if elapsed + expected > args.budget_s:
+        return f"skipped: ~{expected:.0f} s needed, {args.budget_s - elapsed:.0f} s of the budget left"
+    return None
+
+
+def run_config(model: Any, tokenizer: Any, image: Any, backend: str, precision: str, options: dict,
+               args: argparse.Namespace, cache_dir: Path) -> dict:
+    """One configuration: a Segmenter built and warmed up (its setup_s), then the timed runs.
+
+    Frees what it built (compiled graphs included) before returning, so the next one starts clean."""
+    import torch
+
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference.bench import benchmark
+
+    # "fp32 eager" keeps torch's defaults (TF32 matmuls off); the tf32 row turns them on.
+    torch.backends.cuda.matmul.allow_tf32 = options.pop("tf32", False)
+    t0 = time.perf_counter()
+    try:
+        seg = Segmenter(model, tokenizer, backend=backend, device=args.device, precision=precision,
+                        cache_dir=cache_dir, **options)
+        seg(image, "warm-up sentence")  # compiles / builds / autotunes here
+        setup_s = time.perf_counter() - t0
+        result = benchmark(seg, image, runs=args.runs, warmup=args.warmup, device=args.device, progress=False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    result["setup_s"] = setup_s
+    del seg
+    gc.collect()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    if options.get("compile"):
+        import torch._dynamo
+
+        torch._dynamo.reset()  # free the compiled graphs before the next configuration
+    return result
+
+
+def write_report(args: argparse.Namespace, results: dict[str, dict], notes: dict[str, str], machine: dict,
+                 frame: tuple[int, int], total_s: float, out_dir: Path) -> None:
+    """Prints the table and writes gpu_bench.md and gpu_bench.json into ``out_dir``."""
+    from coupalign_core.inference.bench import format_table, timestamp, write_json
+
+    width, height = frame
+    gpu = machine.get("gpu", "no GPU (CPU logic check)")
     baseline = next(iter(results), None)
     table = format_table(results, baseline=baseline) if results else "(no configuration ran)"
     lines = [
         f"**{args.preset} preset** (random init), {width}x{height} frames, batch 1, {args.runs} runs after "
-        f"{args.warmup} warm-up, on **{gpu}** ({machine['cpu']}); torch {machine['torch']}, CUDA {machine.get('cuda')}; "
-        f"{timestamp()}; whole script {total_s:.0f} s.",
+        f"{args.warmup} warm-up, on **{gpu}** ({machine['cpu']}); torch {machine['torch']}, "
+        f"CUDA {machine.get('cuda')}; {timestamp()}; whole script {total_s:.0f} s.",
         "",
         table,
         "",
@@ -161,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         "results": results, "notes": notes, "total_s": total_s,
     })
     log.info("wrote %s and %s", out_dir / "gpu_bench.md", out_dir / "gpu_bench.json")
-    return 0
 
 
 if __name__ == "__main__":

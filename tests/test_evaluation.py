@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from coupalign_core import evaluation
 from coupalign_core.checkpoint import save_checkpoint
 from coupalign_core.cli.main import main as cli_main
 from coupalign_core.data import ReferDataset
@@ -90,8 +91,8 @@ def build_fixture(root: Path) -> dict[str, dict[str, int]]:
                                       "tokens": text.split(), "kind": kind})
                 ref_id += 1
                 refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "category_id": 1,
-                             "split": split, "file_name": f"{name}_{ann_id}", "sent_ids": [s["sent_id"] for s in sentences],
-                             "sentences": sentences})
+                             "split": split, "file_name": f"{name}_{ann_id}",
+                             "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences})
                 counts[split][colour] += len(sentences)
             if k == 0:
                 sent_id += 1
@@ -325,6 +326,92 @@ def test_cli_reports_a_missing_checkpoint(tmp_path, capsys):
     rc = cli_main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data-root", str(tmp_path)])
     assert rc == 2
     assert "none.pt does not exist" in capsys.readouterr().err
+
+
+def eval_args(root: Path, ckpt: Path, *more: str) -> list[str]:
+    return ["-q", "eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--dataset", "synthetic",
+            "--split-by", "unc", "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-progress",
+            *more]
+
+
+@pytest.fixture
+def scored_splits(monkeypatch) -> list[str]:
+    """The splits ``coupalign eval`` hands to the engine, in order (the engine itself still runs)."""
+    seen: list[str] = []
+    engine = evaluation.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["desc"].split()[-1])
+        return engine(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", spy)
+    return seen
+
+
+def test_cli_checks_every_split_before_scoring_any(refer_root, tiny, tmp_path, capsys, scored_splits):
+    root, _ = refer_root
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", *tiny)
+    out = tmp_path / "eval.json"
+    # testB is a split of synthetic/unc, but this data set has no ref in it; it comes last
+    rc = cli_main(eval_args(root, ckpt, "--splits", "val", "testA", "testB", "--json", str(out)))
+    captured = capsys.readouterr()
+    assert rc == 2 and scored_splits == [] and not out.exists() and captured.out == ""
+    [line] = captured.err.strip().splitlines()
+    assert "testB" in line and "no ref in split 'testB'" in line and "nothing was scored" in line
+    # every bad split is named in the one line, an unknown split name too
+    rc = cli_main(eval_args(root, ckpt, "--splits", "val", "dev", "testB"))
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and scored_splits == []
+    assert "2 of 3 splits" in line and "dev: synthetic/unc has no split 'dev'" in line and "testB" in line
+    rc = cli_main(eval_args(root, ckpt, "--splits", "val", "val"))
+    assert rc == 2 and "more than once: ['val']" in capsys.readouterr().err and scored_splits == []
+    # a --json path that cannot be written is refused before scoring, not after
+    rc = cli_main(eval_args(root, ckpt, "--splits", "val", "--json", str(tmp_path)))
+    assert rc == 2 and "is a directory" in capsys.readouterr().err and scored_splits == []
+
+
+def test_cli_keeps_the_scored_splits_when_a_later_one_fails(tiny, tmp_path, capsys):
+    root = tmp_path / "refer"
+    counts = build_fixture(root)
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", *tiny)
+    out = tmp_path / "eval.json"
+    # testA's second image breaks mid-split (its first item, read when the splits are checked, is fine)
+    (root / "images" / "synthetic" / "img_006.png").write_bytes(b"not a png")
+    rc = cli_main(eval_args(root, ckpt, "--splits", "val", "testA", "--json", str(out)))
+    captured = capsys.readouterr()
+    assert rc == 2
+    [line] = captured.err.strip().splitlines()
+    assert "'testA'" in line and "img_006.png could not be decoded" in line and str(out) in line
+    assert "val" in captured.out and "oIoU" in captured.out  # the scored split's table is printed
+    report = json.loads(out.read_text())
+    assert report["val"]["n"] == counts["val"]["red"] + counts["val"]["blue"] and "testA" not in report
+    assert report["meta"]["incomplete"]["not_scored"] == ["testA"]
+    assert "img_006.png" in report["meta"]["incomplete"]["reason"]
+
+
+def test_cli_report_is_written_after_each_split(refer_root, tiny, tmp_path, capsys, monkeypatch):
+    """An interrupt (Ctrl-C, or a kill) during a later split leaves the earlier splits on disk."""
+    root, counts = refer_root
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", *tiny)
+    out = tmp_path / "eval.json"
+    engine = evaluation.evaluate
+    on_disk_when_testA_starts = []
+
+    def interrupted_on_testA(*args, **kwargs):
+        if kwargs["desc"].endswith("testA"):
+            on_disk_when_testA_starts.append(json.loads(out.read_text()))
+            raise KeyboardInterrupt
+        return engine(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", interrupted_on_testA)
+    rc = cli_main(eval_args(root, ckpt, "--splits", "val", "testA", "--json", str(out)))
+    assert rc == 130
+    [report] = on_disk_when_testA_starts
+    assert report["val"]["n"] == counts["val"]["red"] + counts["val"]["blue"]
+    assert report["meta"]["incomplete"]["not_scored"] == ["testA"]
+    final = json.loads(out.read_text())
+    assert "testA" not in final and final["meta"]["incomplete"]["reason"] == "interrupted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "tiny.pt"]  # no temp file left
 
 
 def test_results_to_json_rejects_clashing_split_names():

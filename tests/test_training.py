@@ -24,7 +24,7 @@ import yaml
 
 from coupalign_core.checkpoint import read_checkpoint, save_checkpoint
 from coupalign_core.data import collate
-from coupalign_core.training.config import Interval, TrainingConfig, apply_overrides
+from coupalign_core.training.config import Interval, TrainingConfig, apply_overrides, load_config_dict
 from coupalign_core.training.schedule import PolyLR, no_decay_names, poly_lr
 from coupalign_core.training.trainer import Trainer
 
@@ -78,7 +78,7 @@ def data_root(tmp_path_factory) -> Path:
 
 def tiny_config(data_root: Path, **train) -> dict:
     """The raw YAML dict of a tiny run: 6 train refs at batch 2 = 3 steps per epoch."""
-    # One thread: on a shared 2-core machine two OpenMP threads that spin-wait are up to 10x slower.
+    # One thread: on a shared 2-core machine two spin-waiting OpenMP threads collapse (docs/training.md).
     t = dict(lr=1e-3, end_lr=1e-4, decay_steps=8, warmup_steps=1, max_steps=5, batch_size=2,
              clip_grad_norm=1.0, eval_every=3, checkpoint_every=2, log_every=1, overlay_samples=2, seed=3,
              num_threads=1)
@@ -350,6 +350,82 @@ def test_synthetic_configs_parse():
     # every stage sees a world of its own, and none is the scoring world (seed 777)
     seeds = [s.data.synthesize["seed"] for s in stages] + [777]
     assert len(set(seeds)) == len(seeds)
+
+
+def test_every_shipped_config_resolves_through_its_base_chain():
+    configs = REPO / "training" / "configs"
+    bases = {p.name: yaml.safe_load(p.read_text()).get("base") for p in sorted(configs.glob("*.yaml"))}
+    # the RefCOCO+/G-Ref configs state only what differs from RefCOCO's; each shipped stage from the one before
+    assert bases == {
+        "refcoco_paper.yaml": None, "refcocoplus_paper.yaml": "refcoco_paper.yaml",
+        "refcocog_umd_paper.yaml": "refcoco_paper.yaml", "refcocog_google_paper.yaml": "refcoco_paper.yaml",
+        "synthetic_cpu.yaml": None, "synthetic_shipped.yaml": None,
+        "synthetic_shipped_stage2.yaml": "synthetic_shipped.yaml",
+        "synthetic_shipped_stage3_gpu.yaml": "synthetic_shipped_stage2.yaml",
+        "synthetic_shipped_stage4.yaml": "synthetic_shipped_stage3_gpu.yaml",
+        "synthetic_shipped_stage5.yaml": "synthetic_shipped_stage4.yaml",
+    }
+    loaded = {name: TrainingConfig.load(configs / name) for name in bases}
+    plus = loaded["refcocoplus_paper.yaml"]
+    assert (plus.data.dataset, plus.data.split_by) == ("refcoco+", "unc")
+    assert plus.train.output_dir == "runs/refcocoplus_paper"
+    assert plus.model == loaded["refcoco_paper.yaml"].model and plus.train.amp == "bf16"
+    # mappings merge through the chain: stage 2 inherits stage 1's world size, stage 5 stage 4's workers
+    assert loaded["synthetic_shipped_stage2.yaml"].data.synthesize == {
+        "seed": 2, "num_images": 8000, "no_target_fraction": 0.25}
+    assert loaded["synthetic_shipped_stage5.yaml"].data.synthesize == {
+        "seed": 5, "num_images": 24000, "no_target_fraction": 0.25, "workers": 2}
+    # a null in the child overrides its base: stage 3 (GPU) drops stage 2's one CPU thread, stage 4 restores it
+    assert [loaded[f"synthetic_shipped_{s}.yaml"].train.num_threads for s in ("stage2", "stage3_gpu", "stage4")] \
+        == [1, None, 1]
+    stage5 = loaded["synthetic_shipped_stage5.yaml"]
+    assert (stage5.model.image_size, stage5.model.dice_loss_weight, stage5.train.batch_size) == (128, 1.0, 16)
+    assert (stage5.train.lr, stage5.train.end_lr, stage5.train.amp, stage5.train.clip_grad_norm) == (
+        1.5e-4, 1e-5, "bf16", 1.0)
+
+
+def test_base_merges_mappings_and_replaces_scalars_lists_and_null(data_root, tmp_path):
+    root = tiny_config(data_root, betas=[0.8, 0.99], clip_grad_norm=1.0)
+    (tmp_path / "root.yaml").write_text(yaml.safe_dump(root))
+    (tmp_path / "mid.yaml").write_text(yaml.safe_dump(
+        {"base": "root.yaml", "model": {"num_queries": 6}, "train": {"lr": 5e-4, "betas": [0.7]}}))
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"  # a base path is relative to the file that names it
+    child.write_text(yaml.safe_dump({"base": "../mid.yaml", "data": {"val_split": None},
+                                     "train": {"betas": [0.9, 0.95], "clip_grad_norm": None}}))
+    config = TrainingConfig.load(child, ["train.max_steps=7"])
+    assert config.model.num_queries == 6 and config.model.decoder_layers == root["model"]["decoder_layers"]
+    assert config.train.lr == 5e-4 and config.train.betas == (0.9, 0.95)  # lists replace, never concatenate
+    assert config.train.clip_grad_norm is None and config.data.val_split is None  # null overrides the base
+    assert config.data.data_root == root["data"]["data_root"] and config.train.max_steps == 7  # --set comes last
+    assert load_config_dict(tmp_path / "mid.yaml")["train"]["betas"] == [0.7]  # not merged element-wise
+    assert "base" not in config.to_dict()
+
+
+def test_bad_base_chains_are_refused_with_clear_errors(data_root, tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match=r"base cycle: .*a\.yaml -> .*b\.yaml -> .*c\.yaml -> .*a\.yaml"):
+        TrainingConfig.load(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("base: ./self.yaml\n")
+    with pytest.raises(ValueError, match="base cycle"):
+        TrainingConfig.load(tmp_path / "self.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\ntrain: {lr: 1.0e-3}\n")
+    with pytest.raises(FileNotFoundError, match=r"orphan\.yaml: base .*nowhere\.yaml does not exist"):
+        TrainingConfig.load(tmp_path / "orphan.yaml")
+    (tmp_path / "listed.yaml").write_text("base: [a.yaml, b.yaml]\n")
+    with pytest.raises(ValueError, match="'base:' must be the path of another training config"):
+        TrainingConfig.load(tmp_path / "listed.yaml")
+    # unknown keys are still refused, in the child and in a base
+    (tmp_path / "root.yaml").write_text(yaml.safe_dump(tiny_config(data_root)))
+    (tmp_path / "typo.yaml").write_text("base: root.yaml\ntrain: {learning_rate: 1.0e-3}\n")
+    with pytest.raises(ValueError, match=r"unknown keys in 'train:': \['learning_rate'\]"):
+        TrainingConfig.load(tmp_path / "typo.yaml")
+    (tmp_path / "bad_root.yaml").write_text(yaml.safe_dump({**tiny_config(data_root), "optim": {}}))
+    (tmp_path / "on_bad_root.yaml").write_text("base: bad_root.yaml\n")
+    with pytest.raises(ValueError, match=r"unknown top-level sections \['optim'\]"):
+        TrainingConfig.load(tmp_path / "on_bad_root.yaml")
 
 
 def test_overrides_and_bad_configs(data_root):

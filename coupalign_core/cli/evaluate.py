@@ -13,7 +13,10 @@ the sentences are split across the processes and the metrics merged; rank 0 prin
 JSON (--json): {"<split>": RISMetrics.compute() dict, ..., "by_kind": {"<split>": {kind: dict,
 "ordinal+relation": dict}}, "presence": {"<split>": {no_target_n, no_target_accuracy, target_n,
 found_rate, threshold}}, "meta": {resolution, image_size, threshold, shuffle_expressions,
-num_sentences, checkpoint, dataset, split_by}}.
+num_sentences, checkpoint, dataset, split_by}}. Every split is checked (exists, has refs, its files
+read) before any is scored. The report is rewritten after each split, so an interrupt or a failing
+later split keeps the splits already scored; until every split is done, "meta" also holds
+"incomplete": {not_scored: [split, ...], reason}.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation import evaluate_checkpoint, format_table, results_to_json
+    from ..evaluation import SplitScoringError, evaluate_checkpoint, format_table
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    report_path = _writable_report_path(args.json_out) if args.json_out else None
 
     ctx = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
@@ -83,6 +88,13 @@ def run(args: argparse.Namespace) -> int:
     if num_workers is None:
         num_workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if device.type == "cuda" else 0
 
+    scored: dict[str, dict[str, Any]] = {}
+
+    def keep(split: str, result: dict[str, Any]) -> None:
+        scored[split] = result
+        if is_main and report_path is not None and len(scored) < len(args.splits):
+            _write_report(report_path, scored, args, reason="scoring was still running when this was written")
+
     try:
         results = evaluate_checkpoint(
             args.checkpoint, args.data_root, args.dataset, args.split_by, args.splits,
@@ -90,7 +102,21 @@ def run(args: argparse.Namespace) -> int:
             num_workers=num_workers, resolution=args.resolution, threshold=args.threshold,
             presence_threshold=args.presence_threshold, shuffle_expressions=args.shuffle_expressions,
             seed=args.seed, progress=not args.no_progress, distributed=ctx is not None,
+            on_split_scored=keep,
         )
+    except SplitScoringError as e:
+        if not (is_main and e.scored):
+            raise
+        print(format_table(e.scored))
+        if report_path is None:
+            raise RuntimeError(f"{e}; the splits scored before it are printed above") from e
+        _write_report(report_path, e.scored, args, reason=str(e))
+        raise RuntimeError(f"{e}; the splits scored before it are in {report_path}") from e
+    except KeyboardInterrupt:
+        if is_main and scored and report_path is not None:
+            _write_report(report_path, scored, args, reason="interrupted")
+            log.warning("interrupted: the splits scored so far are in %s", report_path)
+        raise
     finally:
         if ctx is not None:
             from ..training.distributed import cleanup_distributed
@@ -99,13 +125,40 @@ def run(args: argparse.Namespace) -> int:
     if not is_main:
         return 0
     print(format_table(results))
-    if args.json_out:
-        report = results_to_json(
-            results, checkpoint=str(args.checkpoint), dataset=args.dataset, split_by=args.split_by,
-            data_root=str(args.data_root),
-        )
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        log.info("wrote %s", out)
+    if report_path is not None:
+        _write_report(report_path, results, args)
+        log.info("wrote %s", report_path)
     return 0
+
+
+def _writable_report_path(value: str) -> Path:
+    """--json checked before anything is scored: a path that cannot be written would lose the results."""
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(f"--json {path} is a directory; give the path of a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--json {path}: cannot create its folder ({e.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--json {path}: its folder {path.parent} is not writable")
+    return path
+
+
+def _write_report(path: Path, results: dict[str, dict[str, Any]], args: argparse.Namespace,
+                  reason: str | None = None) -> None:
+    """The JSON report of ``results``; with ``reason``, marked incomplete (the splits not scored and why).
+
+    Written to a temporary file and renamed, so a kill mid-write leaves the previous report whole."""
+    from ..evaluation import results_to_json
+
+    meta: dict[str, Any] = {}
+    if reason is not None:
+        meta["incomplete"] = {"not_scored": [s for s in args.splits if s not in results], "reason": reason}
+    report = results_to_json(
+        results, checkpoint=str(args.checkpoint), dataset=args.dataset, split_by=args.split_by,
+        data_root=str(args.data_root), **meta,
+    )
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(partial, path)

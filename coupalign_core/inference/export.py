@@ -159,8 +159,8 @@ def export_onnx(
     """Export ``model`` to ``out_path`` with fixed shapes (batch_size × S² images, T tokens).
 
     ``exporter="dynamo"`` (default) uses ``torch.onnx.export(dynamo=True)`` with onnxscript's
-    optimizer: on the tiny preset its graph has ~3× fewer nodes than the legacy exporter's and
-    runs ~2.5× faster in onnxruntime; ``"legacy"`` is the TorchScript exporter (faster to
+    optimizer: a graph with fewer nodes than the legacy exporter's that runs faster in onnxruntime
+    (docs/inference.md); ``"legacy"`` is the TorchScript exporter (faster to
     export, kept as a fallback). The ONNX checker runs on the result; with ``verify`` the graph
     is run in onnxruntime and compared with torch (max-abs difference logged).
     """

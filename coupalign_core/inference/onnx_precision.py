@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -31,8 +32,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 log = logging.getLogger(__name__)
 
-FLOAT = TensorProto.FLOAT
-LOW_PRECISION_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+# Element types as plain ints (the values of TensorProto.DataType), as NodeProto attributes hold them.
+FLOAT: int = TensorProto.FLOAT
+LOW_PRECISION_TYPES: dict[str, int] = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 # Ops whose fp16 versions lose too much: normalisations and softmax (the AutoCast defaults),
@@ -79,8 +81,9 @@ def _schema_allows(op_type: str, opset: int, elem_type: int) -> bool:
         schema = onnx.defs.get_schema(op_type, opset)
     except onnx.defs.SchemaError:
         return True  # unknown op: leave the decision to the checker
-    type_str = {FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)",
-                TensorProto.BFLOAT16: "tensor(bfloat16)"}[elem_type]
+    type_strs: dict[int, str] = {FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)",
+                                 TensorProto.BFLOAT16: "tensor(bfloat16)"}
+    type_str = type_strs[elem_type]
     return any(type_str in tc.allowed_type_strs for tc in schema.type_constraints)
 
 
@@ -122,74 +125,128 @@ def convert_float_precision(
     # Ops whose schema at this opset has no low-precision variant (e.g. Conv gains bf16 only in
     # opset 22) compute in fp32 too, so the result stays a valid ONNX graph.
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 18)
-    unsupported = {
+    unsupported = _ops_without_low_variant(graph, opset, low)
+    if unsupported:
+        log.info("opset %d has no %s variant of %s: kept in fp32", opset, precision, sorted(unsupported))
+
+    rewrite = _Rewrite(
+        graph=graph, low=low, precision=precision, keep=frozenset(keep_fp32_ops) | unsupported,
+        io_type=FLOAT if keep_io_types else low, types=_element_types(model, graph),
+    )
+    rewrite.assign_types()
+    new_nodes = rewrite.insert_casts()
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.value_info[:]
+    if rewrite.clamped:
+        log.info("clamped %d values beyond fp16's range to ±%g", rewrite.clamped, FP16_MAX)
+    _set_metadata(out, "coupalign.precision", precision)
+    out = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+def _ops_without_low_variant(graph: onnx.GraphProto, opset: int, low: int) -> set[str]:
+    """Float ops of the graph (not e.g. Not or Shape) whose schema at ``opset`` has no ``low`` variant."""
+    return {
         n.op_type for n in graph.node
         if n.domain in ("", "ai.onnx")
         and _schema_allows(n.op_type, opset, FLOAT)  # a float op (not e.g. Not or Shape) ...
         and not _schema_allows(n.op_type, opset, low)  # ... without a low-precision variant
     } - {"Cast", "Constant", "ConstantOfShape"}
-    if unsupported:
-        log.info("opset %d has no %s variant of %s: kept in fp32", opset, precision, sorted(unsupported))
-    keep = frozenset(keep_fp32_ops) | unsupported
 
-    # ---- element types of every tensor in the original graph --------------------------------
+
+def _element_types(model: onnx.ModelProto, graph: onnx.GraphProto) -> dict[str, int]:
+    """Tensor name -> element type in the original graph (shape inference plus the initializers)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     types: dict[str, int] = {}
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         types[vi.name] = vi.type.tensor_type.elem_type
     for init in graph.initializer:
         types[init.name] = init.data_type
+    return types
 
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-    for node in graph.node:
-        for slot, name in enumerate(node.input):
-            if name:
-                consumers[name].append((node, slot))
-    output_names = {o.name for o in graph.output}
-    io_type = FLOAT if keep_io_types else low
 
-    def required(node: onnx.NodeProto, slot: int) -> int:
-        if node.op_type in keep or slot in FP32_ONLY_INPUTS.get(node.op_type, ()):
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    props = {p.key: p for p in model.metadata_props}
+    if key in props:
+        props[key].value = value
+    else:
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+
+
+@dataclass
+class _Rewrite:
+    """One conversion of ``graph`` (edited in place): pass 1 decides the type every float tensor has
+    in the new graph and lowers what carries its type in an attribute; pass 2 inserts the casts."""
+
+    graph: onnx.GraphProto
+    low: int  # TensorProto.FLOAT16 or BFLOAT16
+    precision: str  # "fp16" | "bf16", for the names of inserted casts
+    keep: frozenset[str]  # ops that compute in fp32
+    io_type: int  # the type of the graph's float inputs and outputs
+    types: dict[str, int]  # element types of the original graph
+    avail: dict[str, int] = field(default_factory=dict)  # float tensor -> its type in the new graph
+    clamped: int = 0  # values clamped to fp16's range
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = field(init=False)
+    output_names: set[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.consumers = defaultdict(list)
+        for node in self.graph.node:
+            for slot, name in enumerate(node.input):
+                if name:
+                    self.consumers[name].append((node, slot))
+        self.output_names = {o.name for o in self.graph.output}
+
+    def required(self, node: onnx.NodeProto, slot: int) -> int:
+        """The type ``node`` reads its input ``slot`` in."""
+        if node.op_type in self.keep or slot in FP32_ONLY_INPUTS.get(node.op_type, ()):
             return FLOAT
-        return low
+        return self.low
 
-    def only_fp32_readers(name: str) -> bool:
-        reqs = [required(n, s) for n, s in consumers[name]]
-        if name in output_names:
-            reqs.append(io_type)
+    def only_fp32_readers(self, name: str) -> bool:
+        reqs = [self.required(n, s) for n, s in self.consumers[name]]
+        if name in self.output_names:
+            reqs.append(self.io_type)
         return bool(reqs) and all(r == FLOAT for r in reqs)
 
     # ---- pass 1: decide each float tensor's type in the new graph ----------------------------
-    avail: dict[str, int] = {}
-    for inp in graph.input:
-        if types.get(inp.name) == FLOAT:
-            avail[inp.name] = io_type
-            inp.type.tensor_type.elem_type = io_type
-    clamped_total = 0
-    for i, init in enumerate(graph.initializer):
-        if init.data_type == FLOAT:
-            if only_fp32_readers(init.name):
-                avail[init.name] = FLOAT
+    def assign_types(self) -> None:
+        for inp in self.graph.input:
+            if self.types.get(inp.name) == FLOAT:
+                self.avail[inp.name] = self.io_type
+                inp.type.tensor_type.elem_type = self.io_type
+        for i, init in enumerate(self.graph.initializer):
+            if init.data_type == FLOAT:
+                if self.only_fp32_readers(init.name):
+                    self.avail[init.name] = FLOAT
+                else:
+                    self.graph.initializer[i].CopyFrom(self._lowered(init))
+                    self.avail[init.name] = self.low
+        for node in self.graph.node:
+            float_outputs = [o for o in node.output if o and self.types.get(o) == FLOAT]
+            if not float_outputs:
+                continue
+            if node.op_type in self.keep:
+                target = FLOAT
+            elif node.op_type in ("Constant", "Cast"):
+                target = FLOAT if all(self.only_fp32_readers(o) for o in float_outputs) else self.low
             else:
-                new, clamped = _low_tensor(init, low)
-                clamped_total += clamped
-                graph.initializer[i].CopyFrom(new)
-                avail[init.name] = low
-    for node in graph.node:
-        float_outputs = [o for o in node.output if o and types.get(o) == FLOAT]
-        if not float_outputs:
-            continue
-        if node.op_type in keep:
-            target = FLOAT
-        elif node.op_type in ("Constant", "Cast"):
-            target = FLOAT if all(only_fp32_readers(o) for o in float_outputs) else low
-        else:
-            target = low
-        for o in float_outputs:
-            avail[o] = target
-        if target == FLOAT:
-            continue
-        # Nodes whose float output type is set by an attribute, not by an input.
+                target = self.low
+            for o in float_outputs:
+                self.avail[o] = target
+            if target != FLOAT:
+                self._lower_type_attributes(node)
+
+    def _lowered(self, tensor: TensorProto) -> TensorProto:
+        new, clamped = _low_tensor(tensor, self.low)
+        self.clamped += clamped
+        return new
+
+    def _lower_type_attributes(self, node: onnx.NodeProto) -> None:
+        """Nodes whose float output type is set by an attribute, not by an input."""
+        low = self.low
         if node.op_type == "Cast":
             for a in node.attribute:
                 if a.name == "to":
@@ -197,13 +254,11 @@ def convert_float_precision(
         elif node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value" and a.t.data_type == FLOAT:
-                    new, clamped = _low_tensor(a.t, low)
-                    clamped_total += clamped
-                    a.t.CopyFrom(new)
+                    a.t.CopyFrom(self._lowered(a.t))
                 elif a.name in ("value_float", "value_floats"):
                     values = [a.f] if a.name == "value_float" else list(a.floats)
                     arr, clamped = _low_numpy(np.array(values, dtype=np.float32), low)
-                    clamped_total += clamped
+                    self.clamped += clamped
                     arr = arr.reshape(()) if a.name == "value_float" else arr
                     node.attribute.remove(a)
                     node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(arr)))
@@ -224,60 +279,52 @@ def convert_float_precision(
                 node.attribute.append(helper.make_attribute("dtype", low))
 
     # ---- pass 2: insert the casts where a reader needs another type ---------------------------
-    taken = {n for n in types} | {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
-    type_tag = {FLOAT: "fp32", low: precision}
-    cast_of: dict[tuple[str, int], str] = {}
-    new_nodes: list[onnx.NodeProto] = []
+    def insert_casts(self) -> list[onnx.NodeProto]:
+        """The new node list: every node with its inputs cast where needed, in graph order."""
+        graph = self.graph
+        taken = set(self.types) | {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
+        type_tag = {FLOAT: "fp32", self.low: self.precision}
+        cast_of: dict[tuple[str, int], str] = {}
+        new_nodes: list[onnx.NodeProto] = []
 
-    def cast_to(name: str, to: int, into: list[onnx.NodeProto]) -> str:
-        key = (name, to)
-        if key not in cast_of:
-            cast_name = _unique(f"{name}__{type_tag[to]}", taken)
-            into.append(helper.make_node("Cast", [name], [cast_name], to=to, name=f"{cast_name}__cast"))
-            cast_of[key] = cast_name
-        return cast_of[key]
+        def cast_to(name: str, to: int) -> str:
+            key = (name, to)
+            if key not in cast_of:
+                cast_name = _unique(f"{name}__{type_tag[to]}", taken)
+                new_nodes.append(helper.make_node("Cast", [name], [cast_name], to=to, name=f"{cast_name}__cast"))
+                cast_of[key] = cast_name
+            return cast_of[key]
 
-    # A float graph output that must change type: its producer writes a renamed tensor and a
-    # final Cast writes the output's own name.
-    renamed_outputs: dict[str, str] = {}
-    for out_vi in graph.output:
-        name = out_vi.name
-        if types.get(name) != FLOAT:
-            continue
-        out_vi.type.tensor_type.elem_type = io_type
-        if avail.get(name, io_type) != io_type:
-            renamed_outputs[name] = _unique(f"{name}__{type_tag[avail[name]]}", taken)
-            avail[renamed_outputs[name]] = avail[name]
+        renamed_outputs = self._rename_outputs_that_change_type(taken, type_tag)
+        for node in graph.node:
+            for slot, name in enumerate(node.input):
+                if not name:
+                    continue
+                name = renamed_outputs.get(name, name)
+                node.input[slot] = name
+                if self.avail.get(name) not in (FLOAT, self.low):
+                    continue  # not a float tensor
+                need = self.required(node, slot)
+                if self.avail[name] != need:
+                    node.input[slot] = cast_to(name, need)
+            for k, o in enumerate(node.output):
+                if o in renamed_outputs:
+                    node.output[k] = renamed_outputs[o]
+            new_nodes.append(node)
+        for original, renamed in renamed_outputs.items():
+            new_nodes.append(helper.make_node("Cast", [renamed], [original], to=self.io_type, name=f"{original}__cast"))
+        return new_nodes
 
-    for node in graph.node:
-        for slot, name in enumerate(node.input):
-            if not name:
+    def _rename_outputs_that_change_type(self, taken: set[str], type_tag: dict[int, str]) -> dict[str, str]:
+        """A float graph output that must change type: its producer writes a renamed tensor and a
+        final Cast writes the output's own name. Returns output name -> the producer's new name."""
+        renamed_outputs: dict[str, str] = {}
+        for out_vi in self.graph.output:
+            name = out_vi.name
+            if self.types.get(name) != FLOAT:
                 continue
-            name = renamed_outputs.get(name, name)
-            node.input[slot] = name
-            if avail.get(name) not in (FLOAT, low):
-                continue  # not a float tensor
-            need = required(node, slot)
-            if avail[name] != need:
-                node.input[slot] = cast_to(name, need, new_nodes)
-        for k, o in enumerate(node.output):
-            if o in renamed_outputs:
-                node.output[k] = renamed_outputs[o]
-        new_nodes.append(node)
-    for original, renamed in renamed_outputs.items():
-        new_nodes.append(helper.make_node("Cast", [renamed], [original], to=io_type, name=f"{original}__cast"))
-
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    del graph.value_info[:]
-    if clamped_total:
-        log.info("clamped %d values beyond fp16's range to ±%g", clamped_total, FP16_MAX)
-    props = {p.key: p for p in out.metadata_props}
-    if "coupalign.precision" in props:
-        props["coupalign.precision"].value = precision
-    else:
-        out.metadata_props.append(onnx.StringStringEntryProto(key="coupalign.precision", value=precision))
-    out = onnx.shape_inference.infer_shapes(out, strict_mode=True)
-    onnx.checker.check_model(out, full_check=True)
-    return out
-
+            out_vi.type.tensor_type.elem_type = self.io_type
+            if self.avail.get(name, self.io_type) != self.io_type:
+                renamed_outputs[name] = _unique(f"{name}__{type_tag[self.avail[name]]}", taken)
+                self.avail[renamed_outputs[name]] = self.avail[name]
+        return renamed_outputs

@@ -1,7 +1,8 @@
 """The training YAML: ``model:`` (a CoupAlignConfig), ``data:`` (a refer-layout split) and ``train:``.
 
-One file says everything a run needs, and the checkpoint stores it (``TrainingConfig.to_dict``) so a
-resumed run and a reader of the checkpoint see the same numbers. Example::
+One file (with its ``base:`` chain) says everything a run needs, and the checkpoint stores it
+(``TrainingConfig.to_dict``) so a resumed run and a reader of the checkpoint see the same numbers.
+Example::
 
     model: {preset: tiny, presence_head: true}        # or every CoupAlignConfig field, no preset
     data:
@@ -17,13 +18,22 @@ resumed run and a reader of the checkpoint see the same numbers. Example::
       batch_size: 16
       eval_every: 500                                  # steps; or "1 epoch"
 
-``--set train.lr=3e-4 --set model.num_queries=8`` overrides single keys (values parsed as YAML).
+A config may start from another one and state only what differs (as Mask2Former's ``_BASE_``)::
+
+    base: refcoco_paper.yaml      # relative to this file; the base may have a base of its own
+    data: {dataset: refcoco+}     # mappings merge key by key; lists and scalars replace
+    train: {output_dir: runs/refcocoplus_paper, clip_grad_norm: null}   # null overrides too
+
+``--set train.lr=3e-4 --set model.num_queries=8`` overrides single keys (values parsed as YAML), after
+the base chain is merged. ``TrainingConfig.load(path).to_yaml()`` is the resolved config, as the run
+folder's ``config.yaml`` and the checkpoint store it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +61,10 @@ class Interval:
         if isinstance(value, Interval):
             return value
         if isinstance(value, dict):
-            return cls(int(value["every"]), value.get("unit", "step"))
+            unit = value.get("unit", "step")
+            if unit not in ("step", "epoch"):
+                raise ValueError(f"train.{name}: unit must be 'step' or 'epoch', got {unit!r}")
+            return cls(int(value["every"]), unit)
         if isinstance(value, bool):
             raise ValueError(f"train.{name} must be a number of steps or 'N epochs', got {value!r}")
         if isinstance(value, int):
@@ -63,8 +76,8 @@ class Interval:
             raise ValueError(
                 f"train.{name} must be a number of steps or a string like '2 epochs', got {value!r}"
             )
-        unit = "epoch" if (m.group(2) or "step").startswith("epoch") else "step"
-        return cls(int(m.group(1)), unit)
+        parsed_unit: Literal["step", "epoch"] = "epoch" if (m.group(2) or "step").startswith("epoch") else "step"
+        return cls(int(m.group(1)), parsed_unit)
 
     def due(self, step: int, epoch_end: Optional[int] = None) -> bool:
         """At optimizer step ``step`` (1-based count of steps done); ``epoch_end``: epochs done, at
@@ -107,7 +120,7 @@ class DataConfig:
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.synthesize is not None and not isinstance(self.synthesize, dict):
-            raise ValueError(f"data.synthesize must be a mapping like {{seed: 0, num_images: 1000}}")
+            raise ValueError("data.synthesize must be a mapping like {seed: 0, num_images: 1000}")
 
 
 @dataclass
@@ -159,7 +172,10 @@ class OptimConfig:
         for name in ("decay_epochs", "max_minutes", "clip_grad_norm"):
             if getattr(self, name) is not None:
                 setattr(self, name, _as_float(getattr(self, name), name))
-        self.betas = tuple(_as_float(b, "betas") for b in self.betas)  # type: ignore[assignment]
+        betas = tuple(_as_float(b, "betas") for b in self.betas)
+        if len(betas) != 2:
+            raise ValueError(f"train.betas must be two numbers, got {list(self.betas)}")
+        self.betas = (betas[0], betas[1])
         self.eval_every = Interval.parse(self.eval_every, "eval_every")
         self.checkpoint_every = Interval.parse(self.checkpoint_every, "checkpoint_every")
         if self.optimizer.lower() != "adamw":
@@ -226,14 +242,8 @@ class TrainingConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainingConfig":
-        """Read a YAML file and apply ``key.sub=value`` overrides (``--set``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        raw = yaml.safe_load(path.read_text())
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a training config must be a YAML mapping")
-        return cls.from_dict(apply_overrides(raw, overrides))
+        """Read a YAML file, merge its ``base:`` chain and apply ``key.sub=value`` overrides (``--set``)."""
+        return cls.from_dict(apply_overrides(load_config_dict(path), overrides))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (what checkpoints and ``config.yaml`` in the run folder hold)."""
@@ -245,6 +255,52 @@ class TrainingConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+BASE_KEY = "base"
+
+
+def load_config_dict(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping at ``path`` with its ``base:`` chain merged in, ``base:`` itself removed.
+
+    Each file is merged over its base (``merge_config_dicts``); a base path is relative to the file
+    that names it. Unknown keys are left for ``TrainingConfig.from_dict`` to refuse."""
+    return _load_with_bases(Path(path), chain=())
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    # chain: the files that led here, each including the next (for the cycle check and messages)
+    path = Path(os.path.normpath(path))
+    if any(path.resolve() == seen.resolve() for seen in chain):
+        names = " -> ".join(str(p) for p in (*chain, path))
+        raise ValueError(f"training config base cycle: {names}")
+    if not path.is_file():
+        if chain:
+            raise FileNotFoundError(f"{chain[-1]}: base {path} does not exist")
+        raise FileNotFoundError(f"training config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a training config must be a YAML mapping")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"{path}: '{BASE_KEY}:' must be the path of another training config, got {base!r}")
+    return merge_config_dicts(_load_with_bases(path.parent / base, (*chain, path)), raw)
+
+
+def merge_config_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over a copy of ``base``: mappings merge key by key; lists, scalars and null replace."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config_dicts(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def _as_float(value: Any, name: str) -> float:
@@ -292,3 +348,4 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 raise ValueError(f"--set {item!r}: {p!r} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
     return out
+

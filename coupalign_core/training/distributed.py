@@ -91,7 +91,7 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
             backend=backend,
             init_method="env://",
             timeout=datetime.timedelta(minutes=timeout_minutes),
-            **({"device_id": dev} if use_cuda else {}),
+            device_id=dev if use_cuda else None,
         )
     ctx = DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend)
     log.info("rank %d/%d (local %d) on %s via %s", rank, world_size, local_rank, dev, backend)

@@ -60,7 +60,8 @@ def no_decay_names(model: nn.Module) -> set[str]:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: decayed weights and the rest. Frozen parameters are left out."""
     skip = no_decay_names(model)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -82,7 +83,8 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
     params = [p for p in model.parameters() if p.requires_grad]
     fused = (len({p.device.type for p in params}) == 1 and params[0].device.type in ("cpu", "cuda")
              and all(p.is_floating_point() for p in params))
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
+    beta1, beta2 = betas
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(beta1, beta2), eps=eps,
                              fused=fused)
 
 
@@ -116,9 +118,9 @@ class PolyLR(LRScheduler):
         self.warmup_steps = warmup_steps
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         return [
-            poly_lr(self.last_epoch, base, min(self.end_lr, base), self.decay_steps, self.power,
+            poly_lr(self.last_epoch, float(base), min(self.end_lr, float(base)), self.decay_steps, self.power,
                     self.warmup_steps)
             for base in self.base_lrs
         ]

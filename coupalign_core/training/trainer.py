@@ -31,12 +31,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, cast
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data import collate
@@ -54,6 +54,9 @@ from .distributed import (
     init_distributed,
 )
 from .schedule import PolyLR, build_optimizer, steps_for
+
+if TYPE_CHECKING:
+    from ..model import CoupAlign
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +164,13 @@ class Trainer:
                 image_pretrained=None, text_pretrained=False)
         else:
             model_config = dataclasses.replace(config.model)  # the model fills in text_config
-        self.model: nn.Module = CoupAlign(model_config).to(self.device)
+        self.model: CoupAlign = CoupAlign(model_config).to(self.device)
         if self._resume_state is None and cfg.init_from:
             self._init_weights_from(cfg.init_from)
         if self.ctx.is_distributed and self.device.type == "cuda":
             # LAVT's SyncBatchNorm (the SegHead's BatchNorms); it keeps the parameter objects.
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # (It returns the model object itself, its BatchNorm children replaced.)
+            self.model = cast("CoupAlign", nn.SyncBatchNorm.convert_sync_batchnorm(self.model))
         # The config this run stores: the user's, with the architecture the model actually has.
         self.config = TrainingConfig(
             model=config.model.replace(text_config=dict(self.model.config.text_config)),
@@ -198,6 +202,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self._writer = None
         if self._resume_state is not None:
+            assert resume_path is not None  # the state was read from it
             self._load(self._resume_state, resume_path)
             self._resume_state = None
 
@@ -221,7 +226,8 @@ class Trainer:
         # Another input size (a higher-resolution stage) changes only the position tables' grids:
         # those are resampled. Another window_size reshapes the same Swin tables but is another
         # attention pattern, so the shape check below refuses it.
-        theirs, resampled = state["model"], []
+        theirs = state["model"]
+        resampled: list[str] = []
         if state.get("config", {}).get("window_size") == self.model.config.window_size:
             theirs, resampled = resample_position_tables(self.model, theirs)
         missing = sorted(set(own) - set(theirs))
@@ -261,13 +267,14 @@ class Trainer:
 
         cfg, data = self.config.train, self.config.data
         if data.synthesize is not None:
-            self._synthesize_if_missing()
+            self._synthesize_if_missing(data.synthesize)
         transform = ReferTransform(self.model.config.image_size, self.tokenizer, self.model.config.max_tokens)
         # Validation items stay raw: the evaluation engine applies the same transform itself.
-        common = dict(image_root=data.image_root, skip_missing_images=data.skip_missing_images, seed=cfg.seed)
+        common: dict[str, Any] = dict(image_root=data.image_root, skip_missing_images=data.skip_missing_images,
+                                      seed=cfg.seed)
         self.train_set = ReferDataset(data.data_root, data.dataset, data.split_by, data.train_split,
                                       transform=transform, sentences="random", **common)
-        self.val_set = None
+        self.val_set: Optional[Dataset[Any]] = None
         if data.val_split:
             self.val_set = ReferDataset(data.data_root, data.dataset, data.split_by, data.val_split,
                                         transform=None, sentences=data.val_sentences, **common)
@@ -300,14 +307,14 @@ class Trainer:
         else:
             raise ValueError("with only train.max_minutes as budget, give decay_steps or decay_epochs")
 
-    def _synthesize_if_missing(self) -> None:
+    def _synthesize_if_missing(self, synthesize: dict[str, Any]) -> None:
         data = self.config.data
         refs = Path(data.data_root) / data.dataset / f"refs({data.split_by}).p"
         if self.ctx.is_main and not refs.is_file():
             from ..data.synthetic import generate
 
-            log.info("data.synthesize: %s is absent; generating %s", refs, data.synthesize)
-            generate(data.data_root, **data.synthesize)
+            log.info("data.synthesize: %s is absent; generating %s", refs, synthesize)
+            generate(data.data_root, **synthesize)
         barrier(self.ctx)
 
     # ---- checkpoints ------------------------------------------------------------------------------
@@ -511,7 +518,9 @@ class Trainer:
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
             last = i == n - 1
-            sync = contextlib.nullcontext() if (last or not self.ctx.is_distributed) else model.no_sync()
+            # DDP (the distributed case) skips the gradient all-reduce until the last micro-batch.
+            ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
+            sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
@@ -650,7 +659,7 @@ class Trainer:
     def _install_signal_handlers(self) -> dict[int, Any]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return {}
-        old = {}
+        old: dict[int, Any] = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             old[sig] = signal.signal(sig, self._on_signal)
         return old

@@ -68,7 +68,7 @@ class OnnxRuntimeBackend(InferenceBackend):
     """Runs an exported CoupAlign ONNX graph (see ``coupalign_core.inference.export``).
 
     Thread spinning is off by default (``allow_spinning=False``): a spinning ORT pool keeps its
-    cores busy between calls, which was measured to slow torch in the same process ~5x and
+    cores busy between calls, which slows torch in the same process (docs/inference.md) and
     starves a ROS executor. ``num_threads`` defaults to the cores this process may run on.
     ``precision`` says what the graph computes in: an fp16 graph comes from
     ``onnx_precision.convert_float_precision`` (the caller prepares it; see the Segmenter).
@@ -119,7 +119,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         if dynamic_block_base > 0:
             # Hand out an operator's work in shrinking blocks instead of one even split: without
             # spinning, a woken thread starts late, and this lets the other take up its share
-            # (measured 56.1 -> 54.1 ms for the small preset on 2 cores).
+            # (a small gain on 2 cores: docs/benchmarks.md).
             so.add_session_config_entry("session.dynamic_block_base", str(int(dynamic_block_base)))
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
