@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from coupalign_core.bags import refer_items, replay_bag, write_bag
     from coupalign_core.data import ReferDataset
     from coupalign_core.data.synthetic import generate
     from coupalign_core.inference import Segmenter
-    from coupalign_core.bags.bag_tools import refer_items, replay_bag, write_bag
 
     checkpoint = args.checkpoint or default_checkpoint()
     if not checkpoint.is_file():
