@@ -174,6 +174,15 @@ def test_make_bag_and_bag_eval_replace_outputs_only_with_overwrite(tmp_path, dat
     assert json.loads(report_json.read_text())["processed"] == 2 and len(read_results(out)) == 2
 
 
+def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["demo", "--out", str(mine), "--checkpoint", str(tmp_path / "never-loaded.pt")]) == 2
+    assert "is not a demo output folder (it holds notes.txt)" in one_error_line(capsys)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
 def test_load_segmenter_errors_name_the_problem(tmp_path, checkpoint):
     with pytest.raises(ModelLoadError, match="no checkpoint given"):
         load_segmenter("")
