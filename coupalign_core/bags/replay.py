@@ -35,6 +35,9 @@ from .reader import BagReader, Topic
 from .report import ReplayReport
 
 if TYPE_CHECKING:
+    from rosbags.interfaces import Connection
+    from rosbags.typesys.store import Typestore
+
     from ..metrics import RISMetrics
 
 logger = logging.getLogger(__name__)
@@ -242,6 +245,9 @@ def replay_bag(
 
     with BagReader(bag, distro) as reader:
         topics = check_topics(reader, image_topic, command_topic, gt_topic, gt_required)
+        for warning in reader.warnings:  # a cut file: say so before a long replay
+            logger.warning("%s", warning)
+        reported = len(reader.warnings)
         if gt_topic and topics.ground_truth is None:
             logger.warning("bag %s has no ground-truth topic %s: no metrics, latency only", bag, gt_topic)
         truth = index_ground_truth(reader, topics.ground_truth, pipeline) if topics.ground_truth else GroundTruth()
@@ -260,19 +266,16 @@ def replay_bag(
                     continue
                 report.processed += 1
                 report.latencies_ms.append(output.latency_ms)
-                stamp = stamp_to_ns(frame.header)
                 if writer is not None and result_conn is not None:
-                    header = make_header(reader.typestore, stamp, frame.frame_id)
-                    writer.write(result_conn, frame.stamp_ns, result_message(reader.typestore, output, header),
-                                 reader.typestore)
-                target = score(metrics, truth, output, stamp, pipeline)
+                    write_result(writer, result_conn, reader.typestore, output)
+                target = score(metrics, truth, output, pipeline)
                 if target is not None:
                     report.with_ground_truth += 1
                 if picks is not None:
                     picks.offer(report.processed, output, target, len(metrics) - 1 if target is not None else None)
         report.warnings = list(reader.warnings)
 
-    for warning in report.warnings:
+    for warning in report.warnings[reported:]:  # reading stopped at a corrupt record
         logger.warning("%s", warning)
     report.stats = pipeline.stats.snapshot()
     report.metrics = metrics.compute() if report.with_ground_truth else None
@@ -282,10 +285,18 @@ def replay_bag(
     return report
 
 
-def score(metrics: RISMetrics, truth: GroundTruth, output: SegmentationOutput, stamp_ns: int,
+def write_result(writer: BagWriter, connection: Connection, typestore: Typestore, output: SegmentationOutput) -> None:
+    """The output as a ``ReferringSegmentation`` with its image's header stamp, at the image's recording time."""
+    frame = output.frame
+    header = make_header(typestore, stamp_to_ns(frame.header), frame.frame_id)
+    writer.write(connection, frame.stamp_ns, result_message(typestore, output, header), typestore)
+
+
+def score(metrics: RISMetrics, truth: GroundTruth, output: SegmentationOutput,
           pipeline: Pipeline) -> Optional[np.ndarray]:
-    """Add the output's mask against its ground truth to ``metrics``; the ground truth, or None when
-    the frame has none (or one of another size, rejected and counted)."""
+    """Add the output's mask against the ground truth of its image's header stamp to ``metrics``;
+    the ground truth, or None when the frame has none (or one of another size, rejected and counted)."""
+    stamp_ns = stamp_to_ns(output.frame.header)
     target = truth.get(stamp_ns)
     if target is None:
         return None
