@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coupalign_core.bags import bag_tools
-from coupalign_core.bags.bag_tools import BagItem, read_results, replay_bag, write_bag
-from coupalign_core.runtime.conversions import mono8_to_mask
+from coupalign_core import bags
+from coupalign_core.bags import BagError, BagItem, read_results, replay_bag, write_bag
 from coupalign_core.inference import SegmentationResult
+from coupalign_core.runtime.conversions import mask_to_mono8, mono8_to_mask
 
 
 class RedSegmenter:
@@ -24,7 +24,7 @@ class RedSegmenter:
     def __init__(self):
         self.calls: list[tuple[int, str, int]] = []
 
-    def __call__(self, image: np.ndarray, text: str) -> Result:
+    def __call__(self, image: np.ndarray, text: str) -> SegmentationResult:
         self.calls.append((int(image[0, 0, 1]), text, int(image.astype(np.int64).sum())))
         mask = (image[:, :, 0] > 200) & (image[:, :, 1] < 50)
         ys, xs = np.nonzero(mask)
@@ -78,8 +78,8 @@ def test_make_bag_replay_and_read_results(tmp_path, storage, distro):
 
     results = read_results(out, distro=distro)
     assert len(results) == 6
-    stamps = [bag_tools.stamp_to_ns(r.header) for r in results]
-    assert stamps == [bag_tools.START_NS + i * bag_tools.FRAME_PERIOD_NS for i in range(6)]
+    stamps = [bags.stamp_to_ns(r.header) for r in results]
+    assert stamps == [bags.START_NS + i * bags.FRAME_PERIOD_NS for i in range(6)]
     for i, r in enumerate(results):
         assert r.command == items[i].sentence and r.command_id == i + 1
         assert r.found and r.score == pytest.approx(0.9)
@@ -109,13 +109,13 @@ def test_frames_before_the_first_command_and_bad_images_are_counted(tmp_path):
     """A malformed image in the bag is rejected and counted; the rest are still scored."""
     from rosbags.rosbag2 import Writer
 
-    typestore = bag_tools.make_typestore("jazzy")
+    typestore = bags.make_typestore("jazzy")
     bag = tmp_path / "handmade"
     String = typestore.types["std_msgs/msg/String"]
     item = make_items(1)[0]
     with Writer(bag, version=8) as writer:
-        img = writer.add_connection("/camera/image_raw", bag_tools.IMAGE_TYPE, typestore=typestore)
-        cmd = writer.add_connection("/coupalign/command", bag_tools.STRING_TYPE, typestore=typestore)
+        img = writer.add_connection("/camera/image_raw", bags.IMAGE_TYPE, typestore=typestore)
+        cmd = writer.add_connection("/coupalign/command", bags.STRING_TYPE, typestore=typestore)
 
         def image_at(t, step=None):
             from coupalign_core.runtime.conversions import rgb_to_image_fields
@@ -123,12 +123,12 @@ def test_frames_before_the_first_command_and_bad_images_are_counted(tmp_path):
             fields = rgb_to_image_fields(item.image)
             if step is not None:
                 fields.step = step
-            msg = bag_tools.image_message(typestore, fields, bag_tools._header(typestore, t, "cam"))
-            writer.write(img, t, typestore.serialize_cdr(msg, bag_tools.IMAGE_TYPE))
+            msg = bags.image_message(typestore, fields, bags.make_header(typestore, t, "cam"))
+            writer.write(img, t, typestore.serialize_cdr(msg, bags.IMAGE_TYPE))
 
         image_at(10)  # before any command
-        writer.write(cmd, 20, typestore.serialize_cdr(String(data="the red box"), bag_tools.STRING_TYPE))
-        writer.write(cmd, 25, typestore.serialize_cdr(String(data="   "), bag_tools.STRING_TYPE))  # refused
+        writer.write(cmd, 20, typestore.serialize_cdr(String(data="the red box"), bags.STRING_TYPE))
+        writer.write(cmd, 25, typestore.serialize_cdr(String(data="   "), bags.STRING_TYPE))  # refused
         image_at(30, step=5)  # malformed: step < width * 3
         image_at(40)
     seg = RedSegmenter()
@@ -140,15 +140,16 @@ def test_frames_before_the_first_command_and_bad_images_are_counted(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(BagError, match="does not exist"):
         replay_bag(tmp_path / "nope", RedSegmenter())
     bag = tmp_path / "in"
     write_bag(make_items(1), bag)
-    with pytest.raises(ValueError, match=r"no image topic '/cam'; its topics: /camera/image_raw \(sensor_msgs/msg/Image\)"):
+    with pytest.raises(BagError,
+                       match=r"no image topic '/cam'; its topics: /camera/image_raw \(sensor_msgs/msg/Image\)"):
         replay_bag(bag, RedSegmenter(), image_topic="/cam")
-    with pytest.raises(ValueError, match="/coupalign/gt_mask is sensor_msgs/msg/Image, not std_msgs/msg/String"):
+    with pytest.raises(BagError, match="/coupalign/gt_mask is sensor_msgs/msg/Image, not std_msgs/msg/String"):
         replay_bag(bag, RedSegmenter(), command_topic="/coupalign/gt_mask")
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(BagError, match="already exists; choose another path or pass --overwrite"):
         write_bag(make_items(1), bag)
     with pytest.raises(ValueError, match="unknown ROS distro 'noetic'"):
         write_bag(make_items(1), tmp_path / "x", distro="noetic")
@@ -161,36 +162,36 @@ def test_bad_arguments(tmp_path):
 
 @pytest.mark.parametrize("distro", ["humble", "jazzy"])
 def test_interfaces_load_into_the_rosbags_typestore(distro):
-    ts = bag_tools.make_typestore(distro)
-    fields = [name for name, _ in ts.get_msgdef(bag_tools.RESULT_TYPE).fields]
+    ts = bags.make_typestore(distro)
+    fields = [name for name, _ in ts.get_msgdef(bags.RESULT_TYPE).fields]
     assert fields == ["header", "command", "command_id", "found", "score", "bbox", "mask", "latency_ms"]
     request = [n for n, _ in ts.get_msgdef("coupalign_interfaces/srv/msg/Segment_Request").fields]
     response = [n for n, _ in ts.get_msgdef("coupalign_interfaces/srv/msg/Segment_Response").fields]
     assert request == ["text", "image"] and response == ["success", "message", "result"]
     # a full CDR round trip of a result
-    header = bag_tools._header(ts, 5 * 10**9 + 7, "cam")
+    header = bags.make_header(ts, 5 * 10**9 + 7, "cam")
     ROI = ts.types["sensor_msgs/msg/RegionOfInterest"]
-    mask = bag_tools.image_message(ts, bag_tools.mask_to_mono8(np.eye(3, dtype=bool)), header)
-    msg = ts.types[bag_tools.RESULT_TYPE](header, "cup", 3, True, 0.75, ROI(1, 2, 3, 4, False), mask, 12.5)
-    back = ts.deserialize_cdr(ts.serialize_cdr(msg, bag_tools.RESULT_TYPE), bag_tools.RESULT_TYPE)
+    mask = bags.image_message(ts, mask_to_mono8(np.eye(3, dtype=bool)), header)
+    msg = ts.types[bags.RESULT_TYPE](header, "cup", 3, True, 0.75, ROI(1, 2, 3, 4, False), mask, 12.5)
+    back = ts.deserialize_cdr(ts.serialize_cdr(msg, bags.RESULT_TYPE), bags.RESULT_TYPE)
     assert (back.command, back.command_id, back.found, back.score, back.latency_ms) == ("cup", 3, True, 0.75, 12.5)
-    assert bag_tools.stamp_to_ns(back.header) == 5 * 10**9 + 7
+    assert bags.stamp_to_ns(back.header) == 5 * 10**9 + 7
     assert (mono8_to_mask(back.mask) == np.eye(3, dtype=bool)).all()
 
 
 def test_split_service_needs_one_separator():
     with pytest.raises(ValueError, match="exactly one '---'"):
-        bag_tools.split_service("string a\n")
-    req, resp = bag_tools.split_service("string a\n---\nbool b\n")
+        bags.split_service("string a\n")
+    req, resp = bags.split_service("string a\n---\nbool b\n")
     assert req.strip() == "string a" and resp.strip() == "bool b"
 
 
 def test_interface_files_are_found_from_the_source_tree():
-    text = bag_tools.interface_text("msg/ReferringSegmentation.msg")
+    text = bags.interface_text("msg/ReferringSegmentation.msg")
     assert "sensor_msgs/Image mask" in text
     with pytest.raises(FileNotFoundError, match="not found; looked in"):
-        bag_tools.interface_text("msg/Nope.msg")
-    assert Path(__file__).resolve().parents[1] / "msg" in bag_tools.interface_dirs()
+        bags.interface_text("msg/Nope.msg")
+    assert Path(__file__).resolve().parents[1] / "msg" in bags.interface_dirs()
 
 
 def test_a_bag_re_recorded_on_another_clock_still_pairs_commands(tmp_path):
@@ -204,7 +205,7 @@ def test_a_bag_re_recorded_on_another_clock_still_pairs_commands(tmp_path):
     rerecorded = tmp_path / "rerecorded"
     shift = 95_797_601 * 1_000_000_000  # recorded much later than the header stamps say
     with Reader(original) as reader, Writer(rerecorded, version=8) as writer:
-        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=bag_tools.make_typestore("jazzy"))
+        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=bags.make_typestore("jazzy"))
                  for c in reader.connections}
         for conn, timestamp, raw in reader.messages():
             writer.write(conns[conn.id], timestamp + shift, raw)
@@ -214,3 +215,187 @@ def test_a_bag_re_recorded_on_another_clock_still_pairs_commands(tmp_path):
     assert report.processed == 4 and report.with_ground_truth == 4
     assert [t for _, t, _ in seg.calls[1:]] == [it.sentence for it in items]
     assert report.metrics["oIoU"] == pytest.approx(100 * (4 * 80) / (2 * 80 + 2 * 96))
+
+
+# ---- damaged bags and outputs that already exist (never a traceback, never a lost file) ---------------
+def storage_file(bag: Path) -> Path:
+    return next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+
+
+def cut_copy(bag: Path, dest: Path, keep: float) -> Path:
+    """A copy of ``bag`` whose storage file keeps only its first ``keep`` share of bytes, as a
+    recorder losing power leaves it (metadata.yaml kept, as rosbag2 writes it)."""
+    import shutil
+
+    shutil.copytree(bag, dest)
+    data = storage_file(bag).read_bytes()
+    storage_file(dest).write_bytes(data[:int(len(data) * keep)])
+    return dest
+
+
+@pytest.mark.parametrize("keep", [0.002, 0.05, 0.3, 0.55, 0.8, 0.97, 0.995])
+def test_an_mcap_cut_short_is_replayed_up_to_the_cut(tmp_path, keep, caplog):
+    items = make_items(6)
+    whole = tmp_path / "whole"
+    write_bag(items, whole, storage="mcap")
+    cut = cut_copy(whole, tmp_path / "cut", keep)
+    seg = RedSegmenter()
+    try:
+        report = replay_bag(cut, seg, out=tmp_path / "results", warmup=False, progress=False)
+    except BagError as e:  # cut inside the file's header or before the first message: nothing to replay
+        assert "cut short" in str(e) or "not an MCAP file" in str(e)
+        assert keep <= 0.05
+        return
+    assert keep > 0.05
+    # the frames before the cut, each with its own sentence, in order; scored and written like any other
+    n = report.processed
+    assert report.frames == n and 0 < n <= 6
+    assert n == 6 or keep < 0.97
+    assert [t for _, t, _ in seg.calls] == [it.sentence for it in items[:n]]
+    assert report.with_ground_truth in (n, n - 1)  # the last frame's mask may be past the cut
+    assert [r.command for r in read_results(tmp_path / "results")] == [it.sentence for it in items[:n]]
+    # one warning saying what happened and how much was lost
+    (warning,) = report.warnings
+    assert "cut short" in warning and "mcap" in warning
+    read = int(warning.split("replaying the ")[1].split()[0])
+    assert read >= 2 * n
+    if read < 18:
+        assert f"so {18 - read} are lost" in warning
+    else:
+        assert "that is all 18 that metadata.yaml lists" in warning
+    assert warning in caplog.text and report.to_dict()["warnings"] == [warning]
+
+
+def test_a_cut_compressed_mcap_keeps_its_complete_chunks(tmp_path):
+    """Chunks of about 1 MB, zstd-compressed (as recorders often write them): the chunks before the cut
+    are read, the one the cut runs through is lost whole."""
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
+
+    items = make_items(5, h=360, w=480)  # one ~1 MB chunk per frame or so
+    plain = tmp_path / "plain"
+    write_bag(items, plain, storage="mcap", progress=False)
+    packed = tmp_path / "packed"
+    typestore = bags.make_typestore("jazzy")
+    writer = Writer(packed, version=8, storage_plugin=StoragePlugin.MCAP)
+    writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    with Reader(plain) as reader, writer:
+        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=typestore) for c in reader.connections}
+        for conn, timestamp, raw in reader.messages():
+            writer.write(conns[conn.id], timestamp, raw)
+    cut = cut_copy(packed, tmp_path / "cut", 0.7)
+    seg = RedSegmenter()
+    report = replay_bag(cut, seg, warmup=False, progress=False)
+    assert 0 < report.processed < 5 and report.with_ground_truth >= report.processed - 1
+    assert [t for _, t, _ in seg.calls] == [it.sentence for it in items[:report.processed]]
+    assert "are lost" in report.warnings[0]
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.01, 0.3, 0.6, 0.9, 0.999])
+def test_a_cut_or_corrupt_sqlite_bag_is_one_bag_error(tmp_path, keep):
+    items = make_items(6)
+    whole = tmp_path / "whole"
+    write_bag(items, whole, storage="sqlite3")
+    cut = cut_copy(whole, tmp_path / "cut", keep)
+    seg = RedSegmenter()
+    try:
+        report = replay_bag(cut, seg, warmup=False, progress=False)
+    except BagError as e:
+        assert str(e).startswith(f"cannot read bag {cut}: ")
+        return
+    # sqlite keeps free pages at the end of the file: a cut there loses nothing
+    assert report.processed == 6 and [t for _, t, _ in seg.calls] == [it.sentence for it in items]
+
+
+def test_a_corrupt_bag_file_is_one_bag_error(tmp_path):
+    for storage in ("sqlite3", "mcap"):
+        bag = tmp_path / storage
+        write_bag(make_items(2), bag, storage=storage)
+        data = bytearray(storage_file(bag).read_bytes())
+        data[:64] = bytes(64)  # the file's header
+        storage_file(bag).write_bytes(bytes(data))
+        with pytest.raises(BagError, match=f"cannot read bag {bag}|{bag}.* is not an MCAP file"):
+            replay_bag(bag, RedSegmenter(), progress=False)
+
+
+def test_a_bag_folder_without_metadata_names_the_fix_and_its_file_replays(tmp_path):
+    items = make_items(3)
+    bag = tmp_path / "bag"
+    write_bag(items, bag, storage="mcap")
+    (bag / "metadata.yaml").unlink()
+    with pytest.raises(BagError, match=r"has no metadata.yaml .*ros2 bag reindex .*or give its file .*bag.mcap"):
+        replay_bag(bag, RedSegmenter(), progress=False)
+    report = replay_bag(bag / "bag.mcap", RedSegmenter(), progress=False, out=tmp_path / "results")
+    assert report.processed == 3 and report.metrics["n"] == 3
+    assert any((tmp_path / "results").glob("*.mcap"))  # the input's storage
+    with pytest.raises(BagError, match="is not a bag: give a bag folder"):
+        replay_bag(tmp_path / "notes.txt" if (tmp_path / "notes.txt").write_text("x") else None, RedSegmenter())
+
+
+def test_an_undecodable_message_is_rejected_and_counted(tmp_path):
+    from rosbags.rosbag2 import Writer
+
+    typestore = bags.make_typestore("jazzy")
+    String = typestore.types[bags.STRING_TYPE]
+    item = make_items(1)[0]
+    bag = tmp_path / "garbled"
+    with Writer(bag, version=8) as writer:
+        img = writer.add_connection(bags.IMAGE_TOPIC, bags.IMAGE_TYPE, typestore=typestore)
+        cmd = writer.add_connection(bags.COMMAND_TOPIC, bags.STRING_TYPE, typestore=typestore)
+        writer.write(cmd, 5, typestore.serialize_cdr(String(data="the red box"), bags.STRING_TYPE))
+        writer.write(cmd, 6, b"\x00\x01")  # not a String
+        from coupalign_core.runtime.conversions import rgb_to_image_fields
+
+        good = bags.image_message(typestore, rgb_to_image_fields(item.image), bags.make_header(typestore, 10, "c"))
+        writer.write(img, 10, typestore.serialize_cdr(good, bags.IMAGE_TYPE))
+        writer.write(img, 20, b"\x00\x01\x00\x00\xff\xff\xff\x7f")  # not an Image
+        writer.write(img, 30, typestore.serialize_cdr(good, bags.IMAGE_TYPE))
+    report = replay_bag(bag, RedSegmenter(), warmup=False, progress=False)
+    assert (report.frames, report.processed) == (3, 2)
+    assert report.stats["rejected"] == {"command": 1, "image": 1}
+
+
+def test_outputs_are_never_replaced_without_overwrite(tmp_path):
+    items = make_items(2)
+    bag = tmp_path / "in"
+    write_bag(items, bag)
+    out, sheet = tmp_path / "results", tmp_path / "sheet.png"
+    replay_bag(bag, RedSegmenter(), out=out, overlays=sheet, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    sheet_before = sheet.read_bytes()
+    for kwargs in ({"out": out}, {"overlays": sheet}):
+        with pytest.raises(BagError, match="already exists; choose another path or pass --overwrite"):
+            replay_bag(bag, RedSegmenter(), progress=False, **kwargs)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and sheet.read_bytes() == sheet_before
+
+    # overwrite replaces a bag (and a file), never a folder that is not a bag
+    report = replay_bag(bag, RedSegmenter(), out=out, overlays=sheet, overwrite=True, progress=False)
+    assert report.processed == 2 and len(read_results(out)) == 2
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(BagError, match="is not a bag folder; refusing to replace it"):
+        write_bag(items, precious, overwrite=True)
+    with pytest.raises(BagError, match="is a folder; refusing to replace it"):
+        replay_bag(bag, RedSegmenter(), overlays=precious, overwrite=True, progress=False)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_failed_write_leaves_no_half_bag_and_keeps_the_old_one(tmp_path):
+    items = make_items(3)
+    out = tmp_path / "bag"
+    write_bag(items[:1], out)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def failing():
+        yield items[1]
+        raise RuntimeError("camera unplugged")
+
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        write_bag(failing(), out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        write_bag(failing(), fresh)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag"]  # no partial bag, no staging folder
+    write_bag(items, out, overwrite=True)
+    assert len(read_results(out, topic=bags.COMMAND_TOPIC)) == 3

@@ -115,7 +115,7 @@ def test_colcon_builds_the_python_package_where_ros2_looks(workspace):
 
     # the installed (not the source) package imports and finds its interface files
     site = next(prefix.glob("lib/python3*/site-packages"))
-    probe = ("import coupalign_core.bags.bag_tools as b, coupalign_ros.params as p;"
+    probe = ("import coupalign_core.bags.interfaces as b, coupalign_ros.params as p;"
              "print(b.__file__); print(len(b.interface_text('msg/ReferringSegmentation.msg')));"
              "print(p.load_yaml_defaults(%r) == p.defaults())" % str(share / "config" / "coupalign.yaml"))
     env = {k: v for k, v in os.environ.items() if k != "AMENT_PREFIX_PATH"}

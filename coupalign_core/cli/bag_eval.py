@@ -1,10 +1,13 @@
 """Replay a ROS 2 bag through the node's pipeline and score it, without ROS.
 
-Reads rosbag2 bags (sqlite3 .db3 or MCAP, Humble or Jazzy), pairs each camera image with the
-command in force at its stamp, segments it with the same pipeline as the ROS node, writes the
+Reads rosbag2 bags (a bag folder, or one .db3 or .mcap file; Humble or Jazzy), pairs each camera
+image with the command in force at its stamp, segments it with the same pipeline as the ROS node, writes the
 coupalign_interfaces/ReferringSegmentation results to --out, and, when the bag carries mono8
 ground-truth masks (same header stamp as their image), prints oIoU, mIoU and prec@X. --json writes
-RISMetrics.compute() plus per-frame latency figures; --overlays a PNG contact sheet.
+RISMetrics.compute() plus per-frame latency figures; --overlays a PNG contact sheet. None of the
+outputs may exist unless --overwrite; they are checked, and the bag is opened, before the model loads.
+An MCAP cut short (a recording that did not finish) is replayed up to the cut, with a warning that
+says how many messages were lost.
 
 Example (the bag from `coupalign make-bag`):
   coupalign bag-eval bags/synth-val --checkpoint models/coupalign-synthetic.pt \\
@@ -16,16 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
+
+from coupalign_core.bags import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, RESULT_TOPIC, STORAGES
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from coupalign_core.bags.bag_tools import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, RESULT_TOPIC, STORAGES
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("bag", help="input bag folder (sqlite3 or MCAP)")
+    parser.add_argument("bag", help="input bag folder (sqlite3 or MCAP), or one .db3 or .mcap file")
     parser.add_argument("--checkpoint", required=True, help="a CoupAlign checkpoint (.pt)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -38,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distro", choices=DISTROS, default="jazzy",
                         help="type store for bags without message definitions (default: jazzy)")
     parser.add_argument("--out", help="write the results to this new bag folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing --out, --json and --overlays outputs (by default they are refused)")
     parser.add_argument("--out-storage", choices=STORAGES, help="storage of --out (default: the input's)")
     parser.add_argument("--result-topic", default=RESULT_TOPIC, help=f"(default: {RESULT_TOPIC})")
     parser.add_argument("--command-immediate", action="store_true",
@@ -50,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict[str, Any]) -> str:
     lines = [f"bag-eval {report['bag']}: {report['processed']}/{report['frames']} frames segmented, "
              f"{report['with_ground_truth']} scored"]
     if "oIoU" in report:
@@ -64,16 +71,33 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """``report`` as JSON at ``path``, complete or not at all (written beside it, then renamed)."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(report, indent=2))
+        os.replace(partial, path)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise ValueError(f"cannot write --json file {path}: {e.strerror or e}") from e
+
+
 def run(args: argparse.Namespace) -> int:
+    from coupalign_core.bags import check_bag, check_new_output, replay_bag
     from coupalign_core.inference import Segmenter
-    from coupalign_core.bags.bag_tools import replay_bag
 
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_overlays < 1:
         raise ValueError(f"--max-overlays must be >= 1, got {args.max_overlays}")
-    if not Path(args.bag).exists():
-        raise FileNotFoundError(f"bag {args.bag} does not exist")
+    # Everything that can be refused is refused before the model loads.
+    check_new_output(args.out, "output bag", overwrite=args.overwrite, bag=True)
+    check_new_output(args.json_out, "--json file", overwrite=args.overwrite)
+    check_new_output(args.overlays, "overlay sheet", overwrite=args.overwrite)
+    check_bag(args.bag, distro=args.distro, image_topic=args.image_topic, command_topic=args.command_topic,
+              gt_topic=args.gt_topic)
+    # The Segmenter alone decides found (score >= --threshold); the replay reads it.
     segmenter = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device,
                                           precision=args.precision, threshold=args.threshold)
     report = replay_bag(
@@ -81,15 +105,14 @@ def run(args: argparse.Namespace) -> int:
         command_topic=args.command_topic, gt_topic=args.gt_topic, out=args.out, out_storage=args.out_storage,
         result_topic=args.result_topic, overlays=args.overlays, max_overlays=args.max_overlays,
         command_immediate=args.command_immediate, warmup=not args.no_warmup, progress=not args.no_progress,
+        overwrite=args.overwrite,
     ).to_dict()
     report["checkpoint"] = str(args.checkpoint)
     report["backend"], report["device"], report["precision"] = args.backend, args.device, args.precision
     print(format_report(report))
     if args.json_out:
-        path = Path(args.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        log.info("wrote %s", path)
+        write_json(report, Path(args.json_out))
+        log.info("wrote %s", args.json_out)
     if args.out:
         log.info("results in %s", args.out)
     if args.overlays and report.get("overlays"):

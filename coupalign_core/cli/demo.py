@@ -3,7 +3,8 @@ never saw, record it as a ROS 2 bag (camera images, timed commands, ground-truth
 bag through the same pipeline the ROS node runs, and print oIoU / mIoU / prec@X and latency.
 
 Writes into --out: data/ (the refer-layout split), bag/ (the input bag), results/ (a bag of
-ReferringSegmentation messages), overlays.png (a contact sheet) and metrics.json.
+ReferringSegmentation messages), overlays.png (a contact sheet) and metrics.json. A previous demo's
+--out is replaced; a folder holding anything else is refused.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import logging
 import shutil
 from pathlib import Path
 
+from coupalign_core.bags import DISTROS, STORAGES
+
 log = logging.getLogger(__name__)
 
 # Training used seeds 0 (synthetic_cpu) and 1-5 (the shipped model's stages): the demo's world is new to it.
 DEMO_SEED = 20261127
+# What a demo writes into --out (and the hidden folders its bags are built in): only such a folder is replaced.
+DEMO_OUTPUTS = frozenset({"data", "bag", "results", "overlays.png", "metrics.json", ".bag.partial",
+                          ".results.partial"})
 
 
 def default_checkpoint() -> Path:
@@ -28,32 +34,46 @@ def default_checkpoint() -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="model to replay (default: models/coupalign-synthetic.pt of this repository)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (replaced)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"),
+                        help="output folder (a previous demo's is replaced; default: outputs/demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help="world of the synthetic split")
     parser.add_argument("--num-images", type=int, default=300,
                         help="images generated over all splits; the val split (~10%%) is replayed")
     parser.add_argument("--split", default="val", help="split to replay")
-    parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="mcap", help="bag storage")
-    parser.add_argument("--distro", choices=("humble", "jazzy"), default="jazzy", help="message type store")
+    parser.add_argument("--storage", choices=STORAGES, default="mcap", help="bag storage")
+    parser.add_argument("--distro", choices=DISTROS, default="jazzy", help="message type store")
     parser.add_argument("--backend", default="torch", help="torch, onnxruntime, tensorrt or auto")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_output_folder(out: Path) -> None:
+    """ValueError unless ``out`` is new, empty or a previous demo's: the demo replaces its folder."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"--out {out} is a file or a link, not a folder; choose another --out")
+    others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS)
+    if others:
+        raise ValueError(f"--out {out} is not a demo output folder (it holds {', '.join(others[:5])}); "
+                         f"choose another --out: the demo replaces its folder")
+
+
 def run(args: argparse.Namespace) -> int:
+    from coupalign_core.bags import refer_items, replay_bag, write_bag
     from coupalign_core.data import ReferDataset
     from coupalign_core.data.synthetic import generate
     from coupalign_core.inference import Segmenter
-    from coupalign_core.bags.bag_tools import refer_items, replay_bag, write_bag
 
+    out: Path = args.out
+    check_output_folder(out)
     checkpoint = args.checkpoint or default_checkpoint()
     if not checkpoint.is_file():
         raise FileNotFoundError(
             f"checkpoint {checkpoint} does not exist; pass --checkpoint, or train one with "
             "`coupalign train --config training/configs/synthetic_shipped.yaml`"
         )
-    out: Path = args.out
-    if out.exists():
+    if out.exists():  # a previous demo's (checked above)
         shutil.rmtree(out)
     out.mkdir(parents=True)
 

@@ -16,19 +16,21 @@ import argparse
 import json
 import logging
 
+from coupalign_core.bags import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, STORAGES
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from coupalign_core.bags.bag_tools import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, STORAGES
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--data-root", required=True, help="root of the refer layout")
     parser.add_argument("--dataset", default="synthetic", help="refcoco, refcoco+, refcocog, refclef or synthetic")
     parser.add_argument("--split-by", help="unc, umd, google or berkeley (default: the data set's first)")
     parser.add_argument("--split", default="val", help="split to write (default: val)")
     parser.add_argument("--image-root", help="image folder (default: the data set's usual folder under --data-root)")
-    parser.add_argument("--out", required=True, help="output bag folder (must not exist)")
+    parser.add_argument("--out", required=True, help="output bag folder (must not exist, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing bag at --out (once the new one is complete)")
     parser.add_argument("--storage", choices=STORAGES, default="sqlite3", help="bag storage (default: sqlite3)")
     parser.add_argument("--distro", choices=DISTROS, default="jazzy", help="message type store (default: jazzy)")
     parser.add_argument("--encoding", choices=("rgb8", "bgr8"), default="rgb8", help="camera image encoding")
@@ -39,12 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from coupalign_core.bags import check_new_output, refer_items, write_bag
     from coupalign_core.data import ReferDataset
     from coupalign_core.data.refer import DATASET_SPLITS
-    from coupalign_core.bags.bag_tools import refer_items, write_bag
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    check_new_output(args.out, "output bag", overwrite=args.overwrite, bag=True)  # before reading any data
     split_by = args.split_by
     if split_by is None:
         choices = [s for d, s in DATASET_SPLITS if d == args.dataset]
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     total = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     summary = write_bag(refer_items(dataset, args.limit), args.out, storage=args.storage, distro=args.distro,
                         encoding=args.encoding, image_topic=args.image_topic, command_topic=args.command_topic,
-                        gt_topic=args.gt_topic, total=total)
+                        gt_topic=args.gt_topic, total=total, overwrite=args.overwrite)
     log.info("wrote %d frames (%.1f s of %s/%s) to %s", summary["frames"], summary["duration_s"],
              args.storage, args.distro, args.out)
     print(json.dumps(summary, indent=2))

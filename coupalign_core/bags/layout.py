@@ -1,0 +1,27 @@
+"""What a CoupAlign bag holds: its topics, their message types and make-bag's timeline.
+
+- ``/camera/image_raw`` ``sensor_msgs/Image`` (rgb8 or bgr8), one per sentence
+- ``/coupalign/command`` ``std_msgs/String``, recorded as reliable + transient local (the node's
+  QoS), stamped ``COMMAND_LEAD_NS`` before its image, so it is in force at the image's stamp
+- ``/coupalign/gt_mask`` ``sensor_msgs/Image`` mono8 (non-zero = target), same header stamp as
+  its image
+- ``/coupalign/result`` ``coupalign_interfaces/ReferringSegmentation``, in the bags bag-eval writes
+"""
+
+from __future__ import annotations
+
+IMAGE_TOPIC = "/camera/image_raw"
+COMMAND_TOPIC = "/coupalign/command"
+GT_TOPIC = "/coupalign/gt_mask"
+RESULT_TOPIC = "/coupalign/result"
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+STRING_TYPE = "std_msgs/msg/String"
+RESULT_TYPE = "coupalign_interfaces/msg/ReferringSegmentation"
+
+# make-bag's timeline: a fixed start (stamps are never 0, which some tools treat as "unset"),
+# the command COMMAND_LEAD_NS before each frame, frames FRAME_PERIOD_NS apart (10 Hz).
+START_NS = 1_700_000_000 * 10**9
+COMMAND_LEAD_NS = 20_000_000
+FRAME_PERIOD_NS = 100_000_000
