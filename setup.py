@@ -18,7 +18,7 @@ setup(
         (f"share/{package_name}", ["package.xml"]),
         (f"share/{package_name}/launch", glob("launch/*.launch.py")),
         (f"share/{package_name}/config", glob("config/*.yaml")),
-        # the interface definitions, for bag tools run from an install (coupalign_core.bags.bag_tools)
+        # the interface definitions, for bag tools run from an install (coupalign_core.bags)
         (f"share/{package_name}/interfaces/msg", glob("msg/msg/*.msg")),
         (f"share/{package_name}/interfaces/srv", glob("msg/srv/*.srv")),
     ],

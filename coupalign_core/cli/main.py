@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(-1 if args.quiet else args.verbose, args.log_file)
     try:
         return int(args._module.run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # user errors and the OS's (permissions, full disk...)
         logging.getLogger("coupalign").error("%s", e)
         if args.verbose:
             raise
