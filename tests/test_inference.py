@@ -434,6 +434,29 @@ def test_threshold_is_a_checked_property_of_the_segmenter(model_and_tokenizer):
     assert seg.threshold == 0.6
 
 
+def test_pipeline_and_service_read_the_segmenters_found(model_and_tokenizer):
+    """One threshold: set through the pipeline (as the node's parameter callback does) or on the
+    Segmenter, the worker's and the Segment service's found both follow it."""
+    from coupalign_core.runtime.pipeline import Frame, Pipeline
+
+    model, tok = model_and_tokenizer
+    seg = Segmenter.from_backend(FixedBackend(model.config, logit=5.0, presence=0.0), tok, model.config,
+                                 threshold=0.4)  # score 0.5
+    pipe = Pipeline(seg)
+    pipe.set_command("the cup", arrival_ns=0)
+    image = frame(12, 16)
+    assert pipe.process(Frame(image, 1)).found and pipe.segment_once(Frame(image, 2), "the cup").found
+    pipe.set_threshold(0.6)
+    assert seg.threshold == 0.6
+    out, service = pipe.process(Frame(image, 3)), pipe.segment_once(Frame(image, 4), "the cup")
+    assert not out.found and not service.found
+    assert out.message_fields()["found"] is False and not out.result.mask.any()
+    seg.threshold = 0.5
+    assert pipe.process(Frame(image, 5)).found
+    with pytest.raises(ValueError, match="threshold must be in"):
+        pipe.set_threshold(2.0)
+
+
 # ---- drawing and the segment verb --------------------------------------------------------------------
 def test_overlay_mask_and_draw_bbox():
     image = np.full((20, 30, 3), 100, np.uint8)
