@@ -26,8 +26,6 @@ from .conversions import ImageFields, mask_to_mono8
 logger = logging.getLogger(__name__)
 
 
-
-@runtime_checkable
 class SegmentationResultLike(Protocol):
     """What the pipeline reads of a result (``coupalign_core.inference.SegmentationResult`` is one).
 
