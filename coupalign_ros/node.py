@@ -47,11 +47,14 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header, String
 
-from . import params as P
+from coupalign_core.inference.options import SegmenterOptions
+from coupalign_core.inference.segmenter import Segmenter
 from coupalign_core.runtime.conversions import ImageFields, compressed_to_rgb, image_to_rgb, rgb_to_image_fields
 from coupalign_core.runtime.depth import depth_to_meters, mask_centroid_3d
 from coupalign_core.runtime.loading import ModelLoadError, load_segmenter, release_accelerator_memory
-from coupalign_core.runtime.pipeline import Command, Frame, Pipeline, SegmentationOutput
+from coupalign_core.runtime.pipeline import CommandBook, Frame, Pipeline, SegmentationOutput
+
+from . import params as P
 
 _PARAMETER_TYPES = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces/ParameterType
 
@@ -76,9 +79,12 @@ def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
         description=spec.description,
         additional_constraints=spec.constraints,
     )
-    if spec.min is not None and spec.type is float:
-        descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
-    elif spec.min is not None and spec.type is int:
+    if spec.min is None or spec.max is None:
+        return descriptor
+    if spec.type is float:
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
+                                                              step=0.0)]
+    elif spec.type is int:
         descriptor.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
     return descriptor
 
@@ -93,7 +99,7 @@ class CoupAlignNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._pipeline: Optional[Pipeline] = None
-        self._segmenter: Any = None
+        self._segmenter: Optional[Segmenter] = None
         self._config: dict[str, Any] = {}
         self._active = False
         self._latest: Optional[Frame] = None  # for ~/segment without an image
@@ -123,20 +129,27 @@ class CoupAlignNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=reason)
         pipeline = self._pipeline
         if pipeline is not None:  # the ones that take effect at once
-            if "threshold" in changes:
-                pipeline.threshold = float(changes["threshold"])
-                if hasattr(self._segmenter, "threshold"):
-                    self._segmenter.threshold = float(changes["threshold"])
-            if "max_rate_hz" in changes:
-                pipeline.max_rate_hz = float(changes["max_rate_hz"])
-            if "max_frame_age_s" in changes:
-                pipeline.max_frame_age_s = float(changes["max_frame_age_s"])
-            if "max_command_chars" in changes:
-                pipeline.commands.max_chars = int(changes["max_command_chars"])
+            try:
+                self._apply_now(pipeline, changes)
+            except (ValueError, TypeError, RuntimeError) as e:
+                self.get_logger().warning(f"refused parameter change: {e}")
+                return SetParametersResult(successful=False, reason=str(e))
         later = [n for n in changes if n in P.SPECS and P.SPECS[n].applies == "configure"]
         if later and self._pipeline is not None:
             self.get_logger().info(f"{', '.join(later)} changed: takes effect at the next configure")
         return SetParametersResult(successful=True)
+
+    def _apply_now(self, pipeline: Pipeline, changes: dict[str, Any]) -> None:
+        """Hand the parameters that take effect at once to the pipeline (and through it the Segmenter).
+
+        Without a loaded model (deactivated on a GPU) the threshold is read at the next load.
+        """
+        if "threshold" in changes and pipeline.segment is not None:
+            pipeline.set_threshold(float(changes["threshold"]))
+        limits = {name: changes[name] for name in ("max_rate_hz", "max_frame_age_s", "max_command_chars")
+                  if name in changes}
+        if limits:
+            pipeline.update_limits(**limits)
 
     def _log(self, level: int, message: str) -> None:
         logger = self.get_logger()
@@ -165,14 +178,13 @@ class CoupAlignNode(LifecycleNode):
         self._config = values
         self._pipeline = Pipeline(
             self._segmenter,
+            commands=CommandBook(max_chars=values["max_command_chars"]),
             on_result=self._publish,
             clock_ns=lambda: self.get_clock().now().nanoseconds,
             max_frame_age_s=values["max_frame_age_s"],
             max_rate_hz=values["max_rate_hz"],
-            threshold=values["threshold"],
             log=self._log,
         )
-        self._pipeline.commands.max_chars = values["max_command_chars"]
         self._create_interfaces(values)
         self.get_logger().info(
             f"configured: {self._describe()}; image {self._image_topic(values)} "
@@ -181,6 +193,9 @@ class CoupAlignNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        pipeline = self._pipeline
+        if pipeline is None:  # lifecycle allows activate only after a successful configure
+            return TransitionCallbackReturn.FAILURE
         if self._segmenter is None:  # freed by deactivate
             try:
                 self._segmenter = self._load(self._config)
@@ -188,8 +203,8 @@ class CoupAlignNode(LifecycleNode):
                 self._load_error = str(e)
                 self.get_logger().error(f"activate failed: {e}")
                 return TransitionCallbackReturn.FAILURE
-            self._pipeline.segment = self._segmenter
-        self._pipeline.start()
+            pipeline.set_segmenter(self._segmenter)
+        pipeline.start()
         self._active = True
         self.get_logger().info("active: segmenting camera frames")
         return super().on_activate(state)
@@ -218,13 +233,15 @@ class CoupAlignNode(LifecycleNode):
         self._pipeline = None
         return TransitionCallbackReturn.SUCCESS
 
-    def _load(self, values: dict[str, Any]):
+    def _load(self, values: dict[str, Any]) -> Segmenter:
+        """The Segmenter of ``values``' model, with the threshold parameter's current value."""
         self.get_logger().info(
             f"loading {values['checkpoint']} (backend={values['backend']}, device={values['device']}, "
             f"precision={values['precision']})"
         )
-        return load_segmenter(values["checkpoint"], values["backend"], values["device"], values["precision"],
-                              values["threshold"])
+        options = SegmenterOptions(backend=values["backend"], device=values["device"], precision=values["precision"],
+                                   threshold=float(self.get_parameter("threshold").value))
+        return load_segmenter(values["checkpoint"], options)
 
     def _stop_processing(self, free_model: bool) -> None:
         self._active = False
@@ -233,12 +250,11 @@ class CoupAlignNode(LifecycleNode):
         if free_model and self._segmenter is not None:
             self._segmenter = None
             if self._pipeline is not None:
-                self._pipeline.segment = None
+                self._pipeline.set_segmenter(None)
             release_accelerator_memory(self._config.get("device", "cpu"))
 
     def _describe(self) -> str:
-        describe = getattr(self._segmenter, "describe", None)
-        return describe() if callable(describe) else type(self._segmenter).__name__
+        return self._segmenter.describe() if self._segmenter is not None else "no model loaded"
 
     # ---- interfaces -------------------------------------------------------------------------
     @staticmethod
@@ -397,12 +413,7 @@ class CoupAlignNode(LifecycleNode):
         if pipeline is None or not self._active or pipeline.segment is None:
             response.message = "the node is not active (configure and activate it first)"
             return response
-        try:
-            text = pipeline.commands.validate(request.text)
-        except ValueError as e:
-            pipeline.reject("service", str(e))
-            response.message = str(e)
-            return response
+        frame: Optional[Frame]
         if request.image.width > 0 and request.image.height > 0:
             try:
                 frame = Frame(image_to_rgb(request.image), _stamp_ns(request.image.header),
@@ -418,15 +429,14 @@ class CoupAlignNode(LifecycleNode):
                 response.message = "no camera image received yet; send one in the request"
                 return response
         try:
-            result, latency_ms = pipeline.run_segmenter(frame.image, text)
-        except Exception as e:
-            pipeline.stats.count_error()
+            output = pipeline.segment_once(frame, request.text)  # found: the Segmenter's decision
+        except ValueError as e:  # the text or the image (counted as rejected)
+            response.message = str(e)
+            return response
+        except Exception as e:  # counted as an error by the pipeline
             response.message = f"segmentation failed: {type(e).__name__}: {e}"
             self.get_logger().error(response.message)
             return response
-        threshold = float(self.get_parameter("threshold").value)
-        output = SegmentationOutput(frame, Command(text, 0, frame.stamp_ns), result, latency_ms,
-                                    float(result.score) >= threshold)
         response.result = self._result_message(output, frame.header)
         response.success = True
         response.message = "found" if output.found else "not found"

@@ -11,6 +11,7 @@ take effect immediately.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import yaml
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+from coupalign_core.inference.options import BACKENDS, DEVICES, PRECISIONS
+
+# The model's value sets are the Segmenter's own (coupalign_core.inference.options); the rest are ROS's.
 RELIABILITIES = ("best_effort", "reliable")
-DEVICES = ("cpu", "cuda")  # what the Segmenter accepts
 IMAGE_TRANSPORTS = ("raw", "compressed")
 
 # rcl's rules for a topic name before expansion: tokens of [A-Za-z0-9_] (not starting with a digit)
@@ -104,6 +105,8 @@ class ParamSpec:
             ok_type = True
         if not ok_type:
             return f"{self.name} must be of type {expected.__name__}, got {type(value).__name__} {value!r}"
+        if expected is float and not math.isfinite(value):
+            return f"{self.name}={value!r} is not a finite number"
         if self.min is not None and value < self.min:
             return f"{self.name}={value!r} is below the minimum {self.min:g}"
         if self.max is not None and value > self.max:

@@ -16,17 +16,20 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("compare_backends")
 
 
-def parse_spec(text: str) -> tuple[str, str, dict]:
+def parse_spec(text: str) -> tuple[str, str, dict[str, Any]]:
     """``backend:precision[:option=value,...]``, e.g. ``torch:bf16``, ``onnxruntime:fp32:threads=1``
-    or ``onnxruntime:fp32:provider=cpu`` (onnxruntime's own CPU kernels instead of OpenVINO's)."""
+    or ``onnxruntime:fp32:provider=cpu`` (onnxruntime's own CPU kernels instead of OpenVINO's).
+
+    Returns (backend, precision, SegmenterOptions fields the options set)."""
     parts = text.split(":")
     backend = parts[0]
     precision = parts[1] if len(parts) > 1 and parts[1] else "fp32"
-    options: dict = {}
+    options: dict[str, Any] = {}
     for item in parts[2].split(",") if len(parts) > 2 else []:
         key, _, value = item.partition("=")
         if key == "threads":
@@ -43,57 +46,77 @@ def parse_spec(text: str) -> tuple[str, str, dict]:
     return backend, precision, options
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", choices=("tiny", "small", "paper"))
-    source.add_argument("--checkpoint")
-    parser.add_argument("--backends", nargs="+", type=parse_spec, default=[parse_spec("torch:fp32"), parse_spec("onnxruntime:fp32")],
-                        help="backend:precision[:threads=N,compile=1,mode=cast,provider=cpu] (first one is the baseline)")
+    model_source = parser.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--preset", choices=("tiny", "small", "paper"))
+    model_source.add_argument("--checkpoint")
+    parser.add_argument("--backends", nargs="+", type=parse_spec,
+                        default=[parse_spec("torch:fp32"), parse_spec("onnxruntime:fp32")],
+                        help="backend:precision[:threads=N,compile=1,mode=cast,provider=cpu] "
+                             "(first one is the baseline)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--image-size", default="640x480", metavar="WxH")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads and onnxruntime intra-op threads (default: torch's and the usable cores)")
+                        help="torch.set_num_threads and onnxruntime intra-op threads "
+                             "(default: torch's and the usable cores)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--markdown", default=None, help="write the table (with machine and command) here")
     parser.add_argument("--json", dest="json_out", default=None, help="write all numbers as JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return parser
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """(model, tokenizer, description of the source): the checkpoint, or a seeded random preset."""
+    import torch
+
+    if args.checkpoint:
+        from coupalign_core.checkpoint import load_model as load_checkpoint
+
+        model, tokenizer, _ = load_checkpoint(args.checkpoint)
+        return model, tokenizer, args.checkpoint
+    from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
+
+    torch.manual_seed(0)
+    config = CoupAlignConfig.preset(args.preset)
+    model = CoupAlign(config).eval()
+    return model, build_tokenizer(config), (f"preset {args.preset} (random init, "
+                                            f"{model.num_parameters() / 1e6:.1f} M parameters)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
 
     import torch
 
-    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference import Segmenter, SegmenterOptions
     from coupalign_core.inference.bench import (
-        DEFAULT_TEXT, benchmark_interleaved, format_table, machine_info, parse_image_size, synthetic_frame,
-        timestamp, write_json,
+        DEFAULT_TEXT,
+        benchmark_interleaved,
+        format_table,
+        machine_info,
+        parse_image_size,
+        synthetic_frame,
+        timestamp,
+        write_json,
     )
 
     width, height = parse_image_size(args.image_size)
     if args.threads:
         torch.set_num_threads(args.threads)  # process-wide: every torch backend below
-    if args.checkpoint:
-        from coupalign_core.checkpoint import load_model
-
-        model, tokenizer, _ = load_model(args.checkpoint)
-        source = args.checkpoint
-    else:
-        from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
-
-        torch.manual_seed(0)
-        config = CoupAlignConfig.preset(args.preset)
-        model, tokenizer = CoupAlign(config).eval(), build_tokenizer(config)
-        source = f"preset {args.preset} (random init, {model.num_parameters() / 1e6:.1f} M parameters)"
-
+    model, tokenizer, source = load_model(args)
+    common = SegmenterOptions(device=args.device, batch_size=args.batch, cache_dir=args.cache_dir)
     segmenters = {}
-    for backend, precision, options in args.backends:
-        name = f"{backend} {precision}" + "".join(f" {k}={v}" for k, v in options.items())
+    for backend, precision, fields in args.backends:
+        name = f"{backend} {precision}" + "".join(f" {k}={v}" for k, v in fields.items())
         if args.threads and backend == "onnxruntime":
-            options.setdefault("num_threads", args.threads)
-        segmenters[name] = Segmenter(model, tokenizer, backend=backend, device=args.device, precision=precision,
-                                     batch_size=args.batch, cache_dir=args.cache_dir, **options)
+            fields.setdefault("num_threads", args.threads)
+        segmenters[name] = Segmenter(model, tokenizer, common.replace(backend=backend, precision=precision, **fields))
     machine = machine_info()
     results = benchmark_interleaved(segmenters, synthetic_frame(width, height), DEFAULT_TEXT, runs=args.runs,
                                     warmup=args.warmup, batch_size=args.batch, device=args.device)

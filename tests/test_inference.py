@@ -11,8 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coupalign_core.inference import Segmenter, as_rgb, check_rgb_image, mask_bbox, upsample_logits
-from coupalign_core.inference.backends import Environment, choose_backend
+from coupalign_core.inference import (
+    SegmentationResult,
+    Segmenter,
+    SegmenterOptions,
+    as_rgb,
+    check_rgb_image,
+    mask_bbox,
+    upsample_logits,
+)
+from coupalign_core.inference.backends import BackendOutput, Environment, InferenceBackend, choose_backend
 from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
 from coupalign_core.model.modeling import presence_score
 from coupalign_core.visualize import draw_bbox, overlay_mask
@@ -104,7 +112,7 @@ def test_result_is_at_the_input_size(seg, h, w):
     r = seg(frame(h, w), "the red cup on the left")
     assert r.mask.shape == (h, w) and r.mask.dtype == bool
     assert 0.0 <= r.score <= 1.0
-    assert r.found == (r.score >= seg.threshold)
+    assert r.found == (r.score >= seg.threshold and r.mask.any())
     assert r.bbox == mask_bbox(r.mask)
     if r.bbox is not None:
         x0, y0, x1, y1 = r.bbox
@@ -207,14 +215,15 @@ def test_batch_equals_single_calls(seg):
 
 # ---- backend choice --------------------------------------------------------------------------------
 CPU_ONLY = Environment(has_cuda=False, has_tensorrt=False, ort_providers=("CPUExecutionProvider",))
+BOTH_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 @pytest.mark.parametrize(
     "env, device, precision, expected",
     [
-        (Environment(True, True, ("CUDAExecutionProvider", "CPUExecutionProvider")), None, "fp16", ("tensorrt", "cuda")),
-        (Environment(True, False, ("CUDAExecutionProvider", "CPUExecutionProvider")), None, "fp32", ("onnxruntime", "cuda")),
-        (Environment(True, False, ("CUDAExecutionProvider", "CPUExecutionProvider")), None, "bf16", ("torch", "cuda")),
+        (Environment(True, True, BOTH_PROVIDERS), None, "fp16", ("tensorrt", "cuda")),
+        (Environment(True, False, BOTH_PROVIDERS), None, "fp32", ("onnxruntime", "cuda")),
+        (Environment(True, False, BOTH_PROVIDERS), None, "bf16", ("torch", "cuda")),
         (Environment(True, False, ("CPUExecutionProvider",)), "cuda", "fp32", ("torch", "cuda")),
         (Environment(True, True, ("CPUExecutionProvider",)), "cpu", "fp32", ("onnxruntime", "cpu")),
         (CPU_ONLY, None, "fp32", ("onnxruntime", "cpu")),
@@ -314,6 +323,138 @@ def test_torch_cuda_matches_cpu(model_and_tokenizer, seg, precision):
     a, b = gpu(image, "the cup"), seg(image, "the cup")
     assert abs(a.score - b.score) < (1e-4 if precision == "fp32" else 0.05)
     assert np.mean(a.mask != b.mask) < (1e-3 if precision == "fp32" else 0.05)
+
+
+# ---- options as data ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("backend", "tflite", "backend must be one of"),
+        ("device", "tpu", "device must be one of"),
+        ("precision", "int8", "precision must be one of"),
+        ("threshold", 1.5, "threshold must be in [0, 1]"),
+        ("threshold", float("nan"), "threshold must be in [0, 1]"),
+        ("threshold", "0.5", "threshold must be a number"),
+        ("mask_threshold", 1.0, "mask_threshold must be a number in (0, 1)"),
+        ("clear_mask_if_not_found", "yes", "clear_mask_if_not_found must be True or False"),
+        ("num_threads", 0, "num_threads must be an integer >= 1"),
+        ("num_threads", True, "num_threads must be an integer >= 1"),
+        ("cpu_provider", "cuda", "cpu_provider must be one of"),
+        ("compile", 1, "compile must be True or False"),
+        ("compile_mode", "fastest", "compile_mode must be one of"),
+        ("precision_mode", "half", "precision_mode must be one of"),
+        ("batch_size", 0, "batch_size must be an integer >= 1"),
+        ("opset", 17.5, "opset must be an integer >= 1"),
+        ("exporter", "tflite", "exporter must be one of"),
+        ("cache_dir", 3, "cache_dir must be a path"),
+        ("workspace_gb", 0, "workspace_gb must be a positive number"),
+        ("model_sha256", "abc", "model_sha256 must be 64 lowercase hex digits"),
+    ],
+)
+def test_options_validation_names_the_field(field, value, message):
+    with pytest.raises(ValueError) as e:
+        SegmenterOptions(**{field: value})
+    assert message in str(e.value), str(e.value)
+
+
+def test_every_option_is_documented():
+    doc = SegmenterOptions.__doc__
+    for name in SegmenterOptions.field_names():
+        assert f"\n        {name} (`" in doc, f"SegmenterOptions.{name} has no Args: entry"
+
+
+def test_keyword_overrides_map_onto_option_fields(model_and_tokenizer, tmp_path):
+    model, tok = model_and_tokenizer
+    by_keywords = Segmenter(model, tok, backend="torch", device="cpu", threshold=0.3)
+    assert by_keywords.options == SegmenterOptions(backend="torch", device="cpu", threshold=0.3)
+    base = SegmenterOptions(backend="torch", device="cpu", threshold=0.3)
+    assert Segmenter(model, tok, base, threshold=0.8).options == base.replace(threshold=0.8)
+    assert base.threshold == 0.3  # options are values: an override makes a copy
+    with pytest.raises(TypeError, match="unknown Segmenter option 'treshold'; the options are: backend"):
+        Segmenter(model, tok, backend="torch", treshold=0.6)
+    with pytest.raises(TypeError, match="unknown Segmenter option 'treshold'"):
+        Segmenter.from_checkpoint(tmp_path / "missing.pt", treshold=0.6)
+    with pytest.raises(TypeError, match="options must be a SegmenterOptions, got str"):
+        Segmenter(model, tok, "torch")
+
+
+def test_options_a_source_cannot_honour_are_refused(model_and_tokenizer, onnx_cache):
+    from coupalign_core.inference.export import cached_onnx
+
+    model, tok = model_and_tokenizer
+    onnx_path = cached_onnx(model, tok, cache_dir=onnx_cache)
+    with pytest.raises(ValueError, match=r"options compile, batch_size do not apply to an \.onnx file"):
+        Segmenter.from_onnx(onnx_path, backend="onnxruntime", batch_size=2, compile=True)
+    with pytest.raises(ValueError, match="option backend does not apply to an already built backend"):
+        Segmenter.from_backend(FixedBackend(model.config), tok, model.config, backend="torch")
+
+
+# ---- found has one owner: the Segmenter ---------------------------------------------------------------
+class FixedBackend(InferenceBackend):
+    """Every pixel's logit is ``logit``; the presence logit is ``presence`` (None: no presence head)."""
+
+    name, device, precision = "fixed", "cpu", "fp32"
+
+    def __init__(self, config, logit: float = -5.0, presence=5.0):
+        self.image_size, self.max_tokens, self.batch_size = config.image_size, config.max_tokens, None
+        self.logit, self.presence = logit, presence
+        self.has_presence_head = presence is not None
+
+    def __call__(self, images, input_ids, attention_mask):
+        b, s = images.shape[0], self.image_size
+        presence = None if self.presence is None else np.full((b,), self.presence, np.float32)
+        return BackendOutput(np.full((b, 1, s, s), self.logit, np.float32), presence)
+
+
+def test_found_never_comes_with_an_empty_mask(model_and_tokenizer):
+    """A presence head sure of the object (score 0.99) over a mask with no pixel: not found."""
+    model, tok = model_and_tokenizer
+    seg = Segmenter.from_backend(FixedBackend(model.config, logit=-5.0, presence=5.0), tok, model.config)
+    r = seg(frame(30, 40), "the cup")
+    assert r.score > 0.99 and not r.mask.any()
+    assert not r.found and r.bbox is None
+    kept = Segmenter.from_backend(FixedBackend(model.config, logit=-5.0, presence=5.0), tok, model.config,
+                                  clear_mask_if_not_found=False)(frame(30, 40), "the cup")
+    assert not kept.found
+    sure = Segmenter.from_backend(FixedBackend(model.config, logit=5.0, presence=5.0), tok, model.config)
+    assert sure(frame(30, 40), "the cup").found
+    with pytest.raises(ValueError, match="found=True needs a non-empty mask"):
+        SegmentationResult(np.zeros((4, 4), bool), 0.9, True, None)
+
+
+def test_threshold_is_a_checked_property_of_the_segmenter(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    seg = Segmenter.from_backend(FixedBackend(model.config, logit=5.0, presence=0.0), tok, model.config)  # 0.5
+    assert seg(frame(8, 8), "x").found
+    seg.threshold = 0.6
+    assert seg.threshold == seg.options.threshold == 0.6 and not seg(frame(8, 8), "x").found
+    for bad in (1.5, -0.01, float("nan"), True, None):
+        with pytest.raises(ValueError, match="threshold"):
+            seg.threshold = bad
+    assert seg.threshold == 0.6
+
+
+def test_pipeline_and_service_read_the_segmenters_found(model_and_tokenizer):
+    """One threshold: set through the pipeline (as the node's parameter callback does) or on the
+    Segmenter, the worker's and the Segment service's found both follow it."""
+    from coupalign_core.runtime.pipeline import Frame, Pipeline
+
+    model, tok = model_and_tokenizer
+    seg = Segmenter.from_backend(FixedBackend(model.config, logit=5.0, presence=0.0), tok, model.config,
+                                 threshold=0.4)  # score 0.5
+    pipe = Pipeline(seg)
+    pipe.set_command("the cup", arrival_ns=0)
+    image = frame(12, 16)
+    assert pipe.process(Frame(image, 1)).found and pipe.segment_once(Frame(image, 2), "the cup").found
+    pipe.set_threshold(0.6)
+    assert seg.threshold == 0.6
+    out, service = pipe.process(Frame(image, 3)), pipe.segment_once(Frame(image, 4), "the cup")
+    assert not out.found and not service.found
+    assert out.message_fields()["found"] is False and not out.result.mask.any()
+    seg.threshold = 0.5
+    assert pipe.process(Frame(image, 5)).found
+    with pytest.raises(ValueError, match="threshold must be in"):
+        pipe.set_threshold(2.0)
 
 
 # ---- drawing and the segment verb --------------------------------------------------------------------

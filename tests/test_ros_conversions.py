@@ -15,7 +15,6 @@ from coupalign_core.runtime.conversions import (
     mask_to_mono8,
     mono8_to_mask,
     rgb_to_image_fields,
-    unpack_image,
 )
 from coupalign_core.runtime.depth import depth_to_meters, intrinsics_from_k, mask_centroid_3d
 
@@ -197,3 +196,17 @@ def test_uncalibrated_camera_is_refused():
         intrinsics_from_k([0.0] * 9)
     with pytest.raises(ValueError, match="9 values"):
         intrinsics_from_k([1.0] * 4)
+
+
+def test_one_encoding_table_for_messages_and_arrays():
+    """image_to_rgb (ROS messages) and as_rgb (arrays) read the same table and agree pixel for pixel."""
+    from coupalign_core.inference.inputs import IMAGE_ENCODINGS, as_rgb
+    from coupalign_core.runtime import conversions
+
+    assert set(conversions.COLOR_ENCODINGS) == set(IMAGE_ENCODINGS)
+    rng = np.random.default_rng(3)
+    for name, spec in IMAGE_ENCODINGS.items():
+        info = np.iinfo(spec.dtype)
+        shape = (H, W) if spec.channels == 1 else (H, W, spec.channels)
+        pixels = rng.integers(0, info.max, size=shape, dtype=spec.dtype, endpoint=True)
+        np.testing.assert_array_equal(image_to_rgb(_padded(pixels, name)), as_rgb(pixels, name), err_msg=name)

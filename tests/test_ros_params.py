@@ -35,6 +35,8 @@ def test_every_parameter_has_a_description_and_consistent_limits():
         ({"threshold": -0.1}, "below the minimum 0"),
         ({"threshold": "high"}, "threshold must be of type float, got str"),
         ({"threshold": True}, "threshold must be of type float, got bool"),
+        ({"threshold": float("nan")}, "threshold=nan is not a finite number"),
+        ({"max_rate_hz": float("inf")}, "max_rate_hz=inf is not a finite number"),
         ({"max_command_chars": 0}, "below the minimum 1"),
         ({"max_command_chars": 2.5}, "max_command_chars must be of type int, got float"),
         ({"backend": "tensorflow"}, "backend='tensorflow' is not one of auto, torch, onnxruntime, tensorrt"),
@@ -87,3 +89,14 @@ def test_bad_parameter_files(tmp_path):
     bad.write_text("node:\n  params: {}\n")
     with pytest.raises(ValueError, match="no 'ros__parameters'"):
         params.load_yaml_defaults(bad)
+
+
+def test_model_choices_are_the_segmenters_own():
+    """One owner: the node offers exactly the backends, devices and precisions SegmenterOptions takes."""
+    from coupalign_core.inference import options
+
+    assert params.SPECS["backend"].choices is options.BACKENDS
+    assert params.SPECS["device"].choices is options.DEVICES
+    assert params.SPECS["precision"].choices is options.PRECISIONS
+    for name in ("backend", "device", "precision"):  # the defaults are valid Segmenter options
+        options.SegmenterOptions(**{name: params.SPECS[name].default})

@@ -15,18 +15,20 @@ import weakref
 import numpy as np
 import pytest
 
-from coupalign_core.runtime.pipeline import CommandBook, Frame, FrameSlot, Pipeline, ThrottledLog
 from coupalign_core.inference import SegmentationResult
+from coupalign_core.runtime.pipeline import CommandBook, Frame, FrameSlot, Pipeline, ThrottledLog
 
 
 class BrightSegmenter:
-    """Mask = bright pixels; score = their share. Sleeps ``delay_s`` to play a slow model."""
+    """Mask = bright pixels; score = their share; found at ``threshold`` (settable, like the
+    Segmenter's). Sleeps ``delay_s`` to play a slow model."""
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float = 0.0, threshold: float = 0.5):
         self.delay_s = delay_s
+        self.threshold = threshold
         self.calls: list[tuple[int, str]] = []  # (first pixel value = frame number, text)
 
-    def __call__(self, image: np.ndarray, text: str) -> Result:
+    def __call__(self, image: np.ndarray, text: str) -> SegmentationResult:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected (H,W,3), got {image.shape}")
         if text == "explode":
@@ -37,7 +39,8 @@ class BrightSegmenter:
         ys, xs = np.nonzero(mask)
         bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else None
         score = float(mask.mean())
-        return SegmentationResult(mask, score, score >= 0.5, bbox, {"inference": self.delay_s * 1e3})
+        found = score >= self.threshold and bool(mask.any())
+        return SegmentationResult(mask, score, found, bbox, {"inference": self.delay_s * 1e3})
 
 
 def frame(number: int, stamp_ns: int | None = None, size: int = 8) -> Frame:
@@ -105,7 +108,7 @@ def test_stale_frames_are_dropped_and_counted():
     pipe.set_command("x", arrival_ns=0)
     assert pipe.process(frame(1, stamp_ns=8_000_000_000)) is None
     assert pipe.process(frame(2, stamp_ns=9_500_000_000)) is not None
-    pipe.max_frame_age_s = 0.0  # 0 keeps every frame
+    pipe.update_limits(max_frame_age_s=0.0)  # 0 keeps every frame
     assert pipe.process(frame(3, stamp_ns=1)) is not None
     assert pipe.stats.snapshot()["dropped"] == {"stale": 1}
 
@@ -194,7 +197,8 @@ def test_max_rate_limits_segmentations():
 
 
 def test_message_fields_and_runtime_threshold():
-    pipe = Pipeline(BrightSegmenter())
+    seg = BrightSegmenter()
+    pipe = Pipeline(seg)
     pipe.set_command("square", arrival_ns=0)
     out = pipe.process(frame(7))
     fields = out.message_fields()
@@ -203,7 +207,8 @@ def test_message_fields_and_runtime_threshold():
     assert fields["score"] == pytest.approx(9 / 64) and fields["found"] is False
     mask = np.frombuffer(fields["mask"].data, np.uint8).reshape(8, 8)
     assert mask.sum() == 9 * 255 and fields["mask"].encoding == "mono8"
-    pipe.threshold = 0.1  # the node's threshold parameter, changed at runtime
+    pipe.set_threshold(0.1)  # the node's threshold parameter, changed at runtime: set on the segmenter
+    assert seg.threshold == 0.1
     assert pipe.process(frame(8)).message_fields()["found"] is True
     empty = frame(9)
     empty.image[:, :, 0] = 0
@@ -249,3 +254,88 @@ def test_command_book_keeps_a_bounded_history():
         book.set(f"c{i}", arrival_ns=i * 10)
     assert book.for_stamp(95).text == "c9" and book.for_stamp(65).text == "c6"
     assert book.for_stamp(55) is None  # older commands fell out of the history
+
+
+# ---- one owner of found; the node's small API --------------------------------------------------------
+def test_the_segmenter_alone_decides_found_for_worker_and_service():
+    """The threshold lives on the segmenter: changing it there changes what process() and
+    segment_once() report, and the pipeline has no threshold of its own to drift from it."""
+    seg = BrightSegmenter(threshold=0.5)
+    pipe = Pipeline(seg)
+    pipe.set_command("square", arrival_ns=0)
+    assert not pipe.process(frame(1)).found and not pipe.segment_once(frame(2), "square").found
+    seg.threshold = 0.1  # 9 bright pixels of 64: score 0.14
+    assert pipe.process(frame(3)).found and pipe.segment_once(frame(4), "square").found
+    out = pipe.process(frame(5))
+    with pytest.raises(AttributeError):
+        out.found = False  # read from the result, not stored beside it
+    assert out.message_fields()["found"] is out.result.found is True
+    with pytest.raises(TypeError, match="the Segmenter alone decides found"):
+        Pipeline(seg, threshold=0.3)
+    assert not hasattr(pipe, "threshold")
+
+
+def test_set_threshold_goes_to_the_segmenter_or_fails_clearly():
+    def plain(image, text):
+        return SegmentationResult(np.zeros(image.shape[:2], bool), 0.0, False, None)
+
+    with pytest.raises(TypeError, match="has no adjustable threshold"):
+        Pipeline(plain).set_threshold(0.2)
+    with pytest.raises(RuntimeError, match="no model loaded"):
+        Pipeline(None).set_threshold(0.2)
+    seg = BrightSegmenter()
+    Pipeline(seg).set_threshold(0.7)
+    assert seg.threshold == 0.7  # (the real Segmenter's checks: tests/test_inference.py)
+
+
+def test_update_limits_checks_every_value_before_changing_any():
+    pipe = Pipeline(BrightSegmenter(), max_rate_hz=5.0, max_frame_age_s=2.0)
+    for bad in ({"max_rate_hz": -1.0}, {"max_frame_age_s": float("nan")}, {"max_rate_hz": float("inf")},
+                {"max_rate_hz": 1.0, "max_command_chars": 0}, {"max_command_chars": 2.5}):
+        with pytest.raises(ValueError, match=next(iter(bad)) if "max_command_chars" not in bad else "max_command"):
+            pipe.update_limits(**bad)
+        assert (pipe.max_rate_hz, pipe.max_frame_age_s, pipe.commands.max_chars) == (5.0, 2.0, 500)
+    pipe.update_limits(max_rate_hz=10.0, max_command_chars=4)
+    assert (pipe.max_rate_hz, pipe.max_frame_age_s, pipe.commands.max_chars) == (10.0, 2.0, 4)
+    assert pipe.set_command("too long", arrival_ns=0) is None
+    with pytest.raises(AttributeError):
+        pipe.max_rate_hz = 1.0  # only through update_limits
+    with pytest.raises(ValueError, match="max_rate_hz"):
+        Pipeline(BrightSegmenter(), max_rate_hz=-5.0)
+
+
+def test_set_segmenter_swaps_the_model_after_the_call_in_progress():
+    slow = BrightSegmenter(delay_s=0.3)
+    pipe = Pipeline(slow)
+    pipe.set_command("x", arrival_ns=0)
+    worker = threading.Thread(target=pipe.process, args=(frame(1),))
+    worker.start()
+    time.sleep(0.05)  # the slow call is under way
+    t0 = time.monotonic()
+    pipe.set_segmenter(None)
+    assert time.monotonic() - t0 > 0.15, "set_segmenter must wait for the call in progress"
+    worker.join()
+    assert pipe.segment is None and slow.calls == [(1, "x")]
+    assert pipe.process(frame(2)) is None and pipe.stats.snapshot()["errors"] == 1  # no model: counted
+    fast = BrightSegmenter()
+    pipe.set_segmenter(fast)
+    assert pipe.process(frame(3)) is not None and fast.calls == [(3, "x")]
+
+
+def test_segment_once_validates_counts_and_uses_no_command_book():
+    pipe = Pipeline(BrightSegmenter())
+    out = pipe.segment_once(frame(7, stamp_ns=1234), "  the square  ")
+    assert (out.command.text, out.command.command_id, out.command.arrival_ns) == ("the square", 0, 1234)
+    assert out.result.mask.sum() == 9 and pipe.commands.latest is None
+    with pytest.raises(ValueError, match="empty command"):
+        pipe.segment_once(frame(8), "   ")
+    bad = frame(9)
+    bad.image = bad.image[:, :, 0]
+    with pytest.raises(ValueError, match="expected"):
+        pipe.segment_once(bad, "square")
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        pipe.segment_once(frame(10), "explode")
+    stats = pipe.stats.snapshot()
+    assert stats["rejected"] == {"service": 2} and stats["errors"] == 1 and stats["processed"] == 0
+    with pytest.raises(RuntimeError, match="no model loaded"):
+        Pipeline(None).segment_once(frame(11), "square")

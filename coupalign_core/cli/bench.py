@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from coupalign_core.inference.options import BACKENDS, CPU_PROVIDERS, DEVICES, PRECISIONS, SegmenterOptions
+
 log = logging.getLogger(__name__)
 
 
@@ -18,20 +20,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint (.pt), exported .onnx or TensorRT engine")
     source.add_argument("--preset", choices=("tiny", "small", "paper"), help="random-init model of a preset")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the GPU when there is one")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
-    parser.add_argument("--image-size", default="640x480", metavar="WxH", help="camera frame size (default %(default)s)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--device", choices=DEVICES, default=None, help="default: the GPU when there is one")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--image-size", default="640x480", metavar="WxH",
+                        help="camera frame size (default %(default)s)")
     parser.add_argument("--runs", type=int, default=50, help="timed runs (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="frames per call (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: usable cores)")
-    parser.add_argument("--cpu-provider", choices=("auto", "openvino", "cpu"), default="auto",
-                        help="onnxruntime on the CPU: OpenVINO's kernels or onnxruntime's own (default: OpenVINO when installed)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime intra-op threads (default: usable cores)")
+    parser.add_argument("--cpu-provider", choices=CPU_PROVIDERS, default="auto",
+                        help="onnxruntime on the CPU: OpenVINO's kernels or onnxruntime's own "
+                             "(default: OpenVINO when installed)")
     parser.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
     parser.add_argument("--text", default=None, help="sentence to segment (default: a fixed 9-word sentence)")
     parser.add_argument("--cache-dir", default=None, help="ONNX/engine cache (default ~/.cache/coupalign)")
     parser.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the results as JSON")
+
+
+def segmenter_options(args: argparse.Namespace) -> SegmenterOptions:
+    """The options of ``args`` that the source can honour: an engine fixes its precision, batch and
+    backend settings, an ``.onnx`` its batch and export settings (``--batch`` then runs chunks)."""
+    from coupalign_core.inference.segmenter import ENGINE_SUFFIXES
+
+    checkpoint = args.checkpoint or ""
+    if checkpoint.endswith(ENGINE_SUFFIXES):
+        return SegmenterOptions(backend=args.backend, device=args.device,
+                                precision=None if args.precision == "fp32" else args.precision)
+    exported = checkpoint.endswith(".onnx")
+    return SegmenterOptions(
+        backend=args.backend, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
+        num_threads=args.threads, cpu_provider=args.cpu_provider,
+        batch_size=1 if exported else args.batch, compile=False if exported else args.compile,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,31 +61,30 @@ def run(args: argparse.Namespace) -> int:
 
     from coupalign_core.inference import Segmenter
     from coupalign_core.inference.bench import (
-        DEFAULT_TEXT, benchmark, format_stages, format_table, machine_info, parse_image_size, synthetic_frame, timestamp, write_json,
+        DEFAULT_TEXT,
+        benchmark,
+        format_stages,
+        format_table,
+        machine_info,
+        parse_image_size,
+        synthetic_frame,
+        timestamp,
+        write_json,
     )
 
     width, height = parse_image_size(args.image_size)
     if args.runs < 1:
         raise ValueError(f"--runs must be >= 1, got {args.runs}")
-    options = dict(backend=args.backend, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
-    if args.checkpoint and args.checkpoint.endswith((".engine", ".plan", ".trt")):
-        seg = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device,
-                                        precision=None if args.precision == "fp32" else args.precision)
-    elif args.checkpoint and args.checkpoint.endswith(".onnx"):
-        seg = Segmenter.from_checkpoint(args.checkpoint, num_threads=args.threads, cpu_provider=args.cpu_provider,
-                                        **options)
+    options = segmenter_options(args)
+    if args.checkpoint:
+        seg = Segmenter.from_checkpoint(args.checkpoint, options)
     else:
-        extra = dict(batch_size=args.batch, num_threads=args.threads, cpu_provider=args.cpu_provider,
-                     compile=args.compile)
-        if args.checkpoint:
-            seg = Segmenter.from_checkpoint(args.checkpoint, **options, **extra)
-        else:
-            from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
+        from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
 
-            torch.manual_seed(0)
-            config = CoupAlignConfig.preset(args.preset)
-            model = CoupAlign(config).eval()
-            seg = Segmenter(model, build_tokenizer(config), **options, **extra)
+        torch.manual_seed(0)
+        config = CoupAlignConfig.preset(args.preset)
+        model = CoupAlign(config).eval()
+        seg = Segmenter(model, build_tokenizer(config), options)
     device = getattr(seg.backend, "device", "cpu")
     image = synthetic_frame(width, height)
     log.info("benchmarking %s on %dx%d frames, batch %d, %d runs after %d warm-up",

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
+
+from coupalign_core.inference.options import BACKENDS, DEVICES, PRECISIONS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", required=True, help="the referring expression")
     parser.add_argument("--out", default=None, help="overlay PNG to write")
     parser.add_argument("--mask-out", default=None, help="binary mask PNG to write")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the GPU when there is one")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default fp32")
-    parser.add_argument("--threshold", type=float, default=0.5, help="score needed for found=True (default %(default)s)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--device", choices=DEVICES, default=None, help="default: the GPU when there is one")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default fp32")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="score needed for found=True (default %(default)s)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default %(default)s)")
     parser.add_argument("--cache-dir", default=None, help="ONNX/engine cache (default ~/.cache/coupalign)")
 
 
-def read_rgb(path: str):
+def read_rgb(path: str) -> np.ndarray:
     """An image file as (H,W,3) uint8 RGB (grayscale is expanded, alpha dropped)."""
     from pathlib import Path
 
@@ -49,13 +56,15 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference import Segmenter, SegmenterOptions
+    from coupalign_core.inference.segmenter import ENGINE_SUFFIXES
     from coupalign_core.visualize import draw_bbox, overlay_mask
 
     image = read_rgb(args.image)
-    options = {} if args.checkpoint.endswith((".engine", ".plan", ".trt")) else {"cache_dir": args.cache_dir}
-    seg = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device,
-                                    precision=args.precision, threshold=args.threshold, **options)
+    is_engine = args.checkpoint.endswith(ENGINE_SUFFIXES)  # an engine has no export cache
+    options = SegmenterOptions(backend=args.backend, device=args.device, precision=args.precision,
+                               threshold=args.threshold, cache_dir=None if is_engine else args.cache_dir)
+    seg = Segmenter.from_checkpoint(args.checkpoint, options)
     result = seg(image, args.text)
     if args.out:
         drawn = overlay_mask(image, result.mask, alpha=args.alpha)

@@ -128,7 +128,8 @@ def machine_info() -> dict[str, Any]:
 
 
 # ---- runs ----------------------------------------------------------------------------------------
-def _summarise(samples: dict[str, list[float]], batch_size: int, memory: dict[str, float], describe: str) -> dict[str, Any]:
+def _summarise(samples: dict[str, list[float]], batch_size: int, memory: dict[str, float],
+               describe: str) -> dict[str, Any]:
     stages = {stage: percentiles(samples[stage]) for stage in STAGES}
     median_total = stages["total"]["median"]
     pre_post = [p + q for p, q in zip(samples["preprocess"], samples["postprocess"])]
@@ -165,7 +166,7 @@ def benchmark_interleaved(
         for _ in range(warmup):
             seg.batch(images, texts)
     reset_peak_memory(device)
-    samples = {name: {stage: [] for stage in STAGES} for name in segmenters}
+    samples: dict[str, dict[str, list[float]]] = {name: {stage: [] for stage in STAGES} for name in segmenters}
     gpu_peaks: dict[str, float] = {name: 0.0 for name in segmenters}
     for _ in tqdm(range(runs), desc="benchmark", unit="round", disable=not progress):
         for name, seg in segmenters.items():
@@ -195,9 +196,9 @@ def benchmark(segmenter, image: np.ndarray, text: str = DEFAULT_TEXT, runs: int 
 # ---- reports -------------------------------------------------------------------------------------
 def format_table(results: Mapping[str, Mapping[str, Any]], baseline: Optional[str] = None) -> str:
     """Markdown table: stage medians, end-to-end median/p90/p99, FPS, memory, speed-up."""
-    base = results[baseline]["stages_ms"]["total"]["median"] if baseline in results else None
-    head = ("| backend | pre ms | infer ms | post ms | total median ms | p90 ms | p99 ms | FPS | pre+post % | peak mem MB |"
-            + (" speed-up |" if base else ""))
+    base = results[baseline]["stages_ms"]["total"]["median"] if baseline is not None and baseline in results else None
+    head = ("| backend | pre ms | infer ms | post ms | total median ms | p90 ms | p99 ms | FPS | pre+post % "
+            "| peak mem MB |" + (" speed-up |" if base else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         s = r["stages_ms"]

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..model.modeling import CoupAlign
 from .cache import atomic_write_bytes, default_cache_dir, key_digest, model_sha256, sha256_file
 from .graph import INPUT_NAMES, InferenceGraph, output_names
+from .options import DEFAULT_OPSET, EXPORTERS
 
 log = logging.getLogger(__name__)
 
 FORMAT = "coupalign-onnx/1"
-EXPORTERS = ("dynamo", "legacy")
-DEFAULT_OPSET = 18
 # Sentences for the example inputs: short ones, so the export traces the padded path (the graph
 # is static, but the verification below then exercises attention masks with zeros).
 _EXAMPLE_SENTENCES = ("the cup on the left", "a small red box next to the green ball", "dog", "the man")
@@ -100,7 +100,7 @@ def example_inputs(config, tokenizer, batch_size: int, seed: int = 0) -> tuple[t
     return images, torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def _on_cpu(model: nn.Module) -> nn.Module:
+def _on_cpu(model: CoupAlign) -> CoupAlign:
     """The model in eval mode on the CPU, copied when it lives elsewhere (the caller's stays put)."""
     if any(p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).to("cpu")
@@ -124,7 +124,8 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def _export_proto(graph: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, exporter: str, names: tuple[str, ...]):
+def _export_proto(graph: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, exporter: str,
+                  names: tuple[str, ...]) -> Any:
     import onnx
 
     if exporter == "dynamo":
@@ -133,20 +134,22 @@ def _export_proto(graph: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int
                 graph, inputs, dynamo=True, opset_version=opset,
                 input_names=list(INPUT_NAMES), output_names=list(names), optimize=True, verbose=False,
             )
+        if program is None:  # only the legacy path returns None
+            raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
         return program.model_proto
     import io
 
     buf = io.BytesIO()
     with _quiet_exporter():
         torch.onnx.export(
-            graph, inputs, buf, dynamo=False, opset_version=opset,
+            graph, inputs, buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]  # a file object works
             input_names=list(INPUT_NAMES), output_names=list(names), do_constant_folding=True,
         )
     return onnx.load_from_string(buf.getvalue())
 
 
 def export_onnx(
-    model: nn.Module,
+    model: CoupAlign,
     tokenizer,
     out_path: str | os.PathLike,
     *,
@@ -178,7 +181,8 @@ def export_onnx(
     graph = InferenceGraph(model).eval()
     names = output_names(graph.has_presence_head)
     inputs = example_inputs(config, tokenizer, batch_size)
-    log.info("exporting %s to ONNX (opset %d, batch %d, %s exporter)", type(model).__name__, opset, batch_size, exporter)
+    log.info("exporting %s to ONNX (opset %d, batch %d, %s exporter)", type(model).__name__, opset, batch_size,
+             exporter)
     proto = _export_proto(graph, inputs, opset, exporter, names)
 
     props = {
@@ -206,7 +210,7 @@ def export_onnx(
     return out_path
 
 
-def verify_onnx(model: nn.Module, tokenizer, onnx_path: str | os.PathLike, inputs=None,
+def verify_onnx(model: CoupAlign, tokenizer, onnx_path: str | os.PathLike, inputs=None,
                 cpu_provider: str = "cpu") -> float:
     """Max-abs difference between onnxruntime on the CPU (its own kernels by default, or
     ``cpu_provider="openvino"``) and torch fp32 over every output."""
@@ -214,7 +218,7 @@ def verify_onnx(model: nn.Module, tokenizer, onnx_path: str | os.PathLike, input
 
     backend = OnnxRuntimeBackend(onnx_path, device="cpu", cpu_provider=cpu_provider)
     if inputs is None:
-        inputs = example_inputs(model.config, tokenizer, backend.batch_size)
+        inputs = example_inputs(model.config, tokenizer, backend.batch_size or 1)
     graph = InferenceGraph(_on_cpu(model))
     with torch.inference_mode():
         expected = [t.float().numpy() for t in graph(*inputs)]
@@ -226,7 +230,7 @@ def verify_onnx(model: nn.Module, tokenizer, onnx_path: str | os.PathLike, input
 
 
 def cached_onnx(
-    model: nn.Module,
+    model: CoupAlign,
     tokenizer,
     *,
     batch_size: int = 1,

@@ -3,28 +3,47 @@
 The Segmenter takes exactly one image layout, (H, W, 3) uint8 RGB, and refuses anything else
 instead of guessing: a BGR frame passed as RGB segments fine but with swapped colours, which is
 the kind of silent error a robot must not make. Cameras that deliver other layouts convert with
-``as_rgb(image, encoding=...)``, naming what they have.
+``as_rgb(image, encoding=...)``, naming what they have; ``IMAGE_ENCODINGS`` is the project's one
+table of pixel encodings (the ROS message conversions read it too).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import cv2
 import numpy as np
 
-# encoding -> (channels it must have, cv2 conversion code or None). ROS sensor_msgs/Image names
-# (rgb8, bgr8, mono8, ...) are accepted as aliases so a ROS node can pass msg.encoding through.
-_ENCODINGS: dict[str, tuple[int, int | None]] = {
-    "rgb": (3, None),
-    "bgr": (3, cv2.COLOR_BGR2RGB),
-    "rgba": (4, cv2.COLOR_RGBA2RGB),
-    "bgra": (4, cv2.COLOR_BGRA2RGB),
-    "gray": (1, cv2.COLOR_GRAY2RGB),
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    """One pixel layout: how many channels of which dtype, and how it becomes RGB.
+
+    The one table of encodings in the project: ``as_rgb`` reads it for arrays, and
+    ``coupalign_core.runtime.conversions`` for ``sensor_msgs/Image`` messages.
+    """
+
+    name: str  # the REP 104 / sensor_msgs/image_encodings name
+    channels: int
+    dtype: np.dtype
+    to_rgb: Optional[int]  # cv2.cvtColor code to RGB; None: already RGB
+    aliases: tuple[str, ...] = ()  # other names as_rgb accepts (case-insensitive)
+
+
+IMAGE_ENCODINGS: dict[str, ImageEncoding] = {e.name: e for e in (
+    ImageEncoding("rgb8", 3, np.dtype(np.uint8), None, ("rgb",)),
+    ImageEncoding("bgr8", 3, np.dtype(np.uint8), cv2.COLOR_BGR2RGB, ("bgr",)),
+    ImageEncoding("rgba8", 4, np.dtype(np.uint8), cv2.COLOR_RGBA2RGB, ("rgba",)),
+    ImageEncoding("bgra8", 4, np.dtype(np.uint8), cv2.COLOR_BGRA2RGB, ("bgra",)),
+    ImageEncoding("mono8", 1, np.dtype(np.uint8), cv2.COLOR_GRAY2RGB, ("gray", "grey", "grayscale", "l", "8uc1")),
+    # 16-bit grey is scaled to 8 bits over its full range (value * 255 / 65535), as cv_bridge does
+    ImageEncoding("mono16", 1, np.dtype(np.uint16), cv2.COLOR_GRAY2RGB),
+)}
+_BY_NAME: dict[str, ImageEncoding] = {
+    name: e for e in IMAGE_ENCODINGS.values() for name in (e.name, *e.aliases)
 }
-_ALIASES = {
-    "rgb8": "rgb", "bgr8": "bgr", "rgba8": "rgba", "bgra8": "bgra",
-    "mono8": "gray", "grey": "gray", "grayscale": "gray", "l": "gray", "8uc1": "gray",
-}
-ENCODINGS = tuple(sorted(set(_ENCODINGS) | set(_ALIASES)))
+ENCODINGS = tuple(sorted(_BY_NAME))
 
 
 def _describe(image: object) -> str:
@@ -60,34 +79,36 @@ def check_rgb_image(image: object, name: str = "image") -> np.ndarray:
 def as_rgb(image: np.ndarray, encoding: str = "rgb") -> np.ndarray:
     """Converts an image in the named ``encoding`` to (H,W,3) uint8 RGB.
 
-    encodings: ``rgb``, ``bgr``, ``rgba``, ``bgra`` (alpha dropped, not composited), ``gray``
-    ((H,W) or (H,W,1), replicated to three channels), and the ROS aliases ``rgb8``, ``bgr8``,
-    ``rgba8``, ``bgra8``, ``mono8``. Only uint8 is accepted: a 16-bit or float image has no single
-    right mapping to 8 bits, so the caller decides it. Raises ValueError naming the shape and
-    dtype when the array does not fit the encoding.
+    encodings (see ``IMAGE_ENCODINGS``): ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` (alpha dropped,
+    not composited), ``mono8`` ((H,W) or (H,W,1), replicated to three channels) and ``mono16``
+    (uint16, scaled to 8 bits over its full range like cv_bridge), with the short names ``rgb``,
+    ``bgr``, ``rgba``, ``bgra``, ``gray``. Every other encoding is uint8 only: a 16-bit or float
+    colour image has no single right mapping to 8 bits, so the caller decides it. Raises
+    ValueError naming the shape and dtype when the array does not fit the encoding.
     """
-    key = _ALIASES.get(encoding.lower(), encoding.lower())
-    if key not in _ENCODINGS:
+    spec = _BY_NAME.get(encoding.lower())
+    if spec is None:
         raise ValueError(f"unknown image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}")
-    channels, code = _ENCODINGS[key]
     if not isinstance(image, np.ndarray):
         raise ValueError(f"expected a numpy array in encoding {encoding!r}, got {_describe(image)}")
-    if image.dtype != np.uint8:
-        raise ValueError(
-            f"encoding {encoding!r} needs a uint8 array, got {_describe(image)}; scale it to 8 bits first"
-        )
-    if channels == 1 and image.ndim == 3 and image.shape[2] == 1:
+    if image.dtype != spec.dtype:
+        hint = "; scale it to 8 bits first" if spec.dtype == np.uint8 else ""
+        raise ValueError(f"encoding {encoding!r} needs a {spec.dtype} array, got {_describe(image)}{hint}")
+    if spec.channels == 1 and image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    expected_ndim = 2 if channels == 1 else 3
+    expected_ndim = 2 if spec.channels == 1 else 3
     if (
         image.ndim != expected_ndim
-        or (channels > 1 and image.shape[2] != channels)
+        or (spec.channels > 1 and image.shape[2] != spec.channels)
         or image.shape[0] < 1
         or image.shape[1] < 1
     ):
-        layout = "(H,W) or (H,W,1)" if channels == 1 else f"(H,W,{channels})"
-        raise ValueError(f"encoding {encoding!r} needs a {layout} uint8 array, got {_describe(image)}")
+        layout = "(H,W) or (H,W,1)" if spec.channels == 1 else f"(H,W,{spec.channels})"
+        raise ValueError(f"encoding {encoding!r} needs a {layout} {spec.dtype} array, got {_describe(image)}")
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     image = np.ascontiguousarray(image)
-    if code is None:
+    if spec.to_rgb is None:
         return image
-    return cv2.cvtColor(image, code)
+    rgb: np.ndarray = cv2.cvtColor(image, spec.to_rgb)
+    return rgb

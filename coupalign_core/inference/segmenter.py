@@ -2,11 +2,11 @@
 
 This is the product's contract (the ROS node and the bag tools call it)::
 
-    seg = Segmenter.from_checkpoint("model.pt", backend="auto")
+    seg = Segmenter.from_checkpoint("model.pt", backend="auto")   # or a SegmenterOptions
     result = seg(image_rgb_uint8, "the red cup on the left")
     result.mask   # (H, W) bool at the input image's size
     result.score  # [0, 1]: presence_score (sigmoid of the presence head, or mask confidence)
-    result.found  # score >= threshold
+    result.found  # score >= seg.threshold and the mask has at least one pixel
     result.bbox   # (x0, y0, x1, y1), x1/y1 exclusive, or None
     result.timings  # ms: preprocess, inference, postprocess, total
 
@@ -14,13 +14,19 @@ Pre-processing is the training pipeline's own ``preprocess_image`` (square resiz
 normalisation) and the checkpoint's tokenizer. Post-processing upsamples the S×S logits to the
 image size with OpenCV's bilinear resize (the same half-pixel sampling as torch's
 ``interpolate(mode="bilinear", align_corners=False)``, several times cheaper at 640×480 than
-a torch resize), then thresholds. When ``found`` is False the mask is cleared and ``bbox`` is
-None (``clear_mask_if_not_found``): a robot must not act on the mask of an object the model
-says is absent.
+a torch resize), then thresholds.
+
+The Segmenter alone decides ``found`` (its ``threshold``, adjustable at run time) and clears the
+mask: when ``found`` is False the mask is cleared and ``bbox`` is None
+(``clear_mask_if_not_found``), because a robot must not act on the mask of an object the model
+says is absent; and ``found`` is never True with an empty mask (a score above the threshold whose
+mask has no pixel above ``mask_threshold`` is reported not found). The ROS pipeline, the node and
+the bag tools read ``found``; none of them re-decides it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -34,25 +40,44 @@ import numpy as np
 import torch
 
 from ..data.transforms import preprocess_image
-from ..model.modeling import presence_score
-from .backends import BACKENDS, InferenceBackend, check_precision, choose_backend, probe_environment
+from ..model.configuration import CoupAlignConfig
+from ..model.modeling import CoupAlign, presence_score
+from ..model.tokenization import TextTokenizer
+from .backends import InferenceBackend, choose_backend, probe_environment
 from .export import (
-    DEFAULT_OPSET, OnnxModelInfo, cached_low_precision_onnx, cached_onnx, cached_onnxruntime_fused_onnx, read_onnx_info,
+    OnnxModelInfo,
+    cached_low_precision_onnx,
+    cached_onnx,
+    cached_onnxruntime_fused_onnx,
+    read_onnx_info,
 )
 from .inputs import check_rgb_image
+from .options import SegmenterOptions, check_threshold, resolve_options
 
 log = logging.getLogger(__name__)
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
+# The options each kind of source can honour (SegmenterOptions.check_applies refuses the others).
+RESULT_OPTIONS = frozenset({"threshold", "mask_threshold", "clear_mask_if_not_found"})
+ENGINE_OPTIONS = RESULT_OPTIONS | {"backend", "device", "precision"}
+ONNX_OPTIONS = ENGINE_OPTIONS | {"num_threads", "cpu_provider", "cache_dir", "workspace_gb"}
+
 
 @dataclass
 class SegmentationResult:
+    """One (image, sentence) answer. ``found`` implies a non-empty mask (checked on creation)."""
+
     mask: np.ndarray  # (H, W) bool at the input image's size
     score: float  # in [0, 1], see presence_score
-    found: bool  # score >= the Segmenter's threshold
+    found: bool  # score >= the Segmenter's threshold and the mask is not empty
     bbox: Optional[tuple[int, int, int, int]]  # (x0, y0, x1, y1), x1/y1 exclusive; None if empty
     timings: dict[str, float] = field(default_factory=dict)  # ms: preprocess, inference, postprocess, total
+
+    def __post_init__(self) -> None:
+        if self.found and not np.any(self.mask):
+            raise ValueError("a SegmentationResult with found=True needs a non-empty mask: "
+                             "report an empty mask as not found")
 
     @property
     def area(self) -> int:
@@ -84,198 +109,174 @@ def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
     """(S, S) float32 logits -> (height, width), bilinear with half-pixel centres."""
     if logits.shape == (height, width):
         return logits
-    return cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
+    resized: np.ndarray = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized
 
 
 def _logit(p: float) -> float:
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"mask_threshold must be in (0, 1), got {p}")
-    return math.log(p / (1.0 - p))
+    return math.log(p / (1.0 - p))  # p in (0, 1): SegmenterOptions checked it
 
 
 class Segmenter:
     """Referring segmentation with any backend; see the module docstring for the contract.
 
-    Build it from an in-memory model (``Segmenter(model, tokenizer, backend=...)``), from a
-    checkpoint or an exported ``.onnx``/TensorRT engine (``Segmenter.from_checkpoint(path)``).
+    Build it from an in-memory model (``Segmenter(model, tokenizer, options)``), or from a
+    checkpoint, an exported ``.onnx`` or a TensorRT engine (``Segmenter.from_checkpoint(path,
+    options)``). ``options`` is a :class:`SegmenterOptions` (every field documented there);
+    keyword arguments override single fields (``Segmenter.from_checkpoint(path, backend="torch",
+    threshold=0.6)``), and an unknown keyword raises TypeError naming it.
 
-    backend: ``"auto"`` (TensorRT, onnxruntime CUDA, torch CUDA, onnxruntime CPU: the choice and
-    its reason are logged), ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``. device: ``"cpu"``,
-    ``"cuda"`` or None (the GPU when there is one). precision: ``"fp32"``, ``"fp16"``, ``"bf16"``.
-    threshold: score at or above which ``found`` is True. mask_threshold: probability above
-    which a pixel is foreground.
-
-    Backend options: ``num_threads`` (onnxruntime intra-op threads; default the usable cores),
-    ``cpu_provider`` (onnxruntime on the CPU: ``"auto"``, ``"openvino"`` or ``"cpu"``; see
-    ``backends.onnxruntime_backend.resolve_cpu_provider``),
-    ``compile``/``compile_mode``/``precision_mode`` (torch), ``batch_size`` (the fixed batch of
-    exported graphs: ``batch()`` runs chunks of it), ``opset``/``exporter`` (the on-the-fly
-    export), ``cache_dir`` (exports and engines; default ``$COUPALIGN_CACHE_DIR`` or
-    ``~/.cache/coupalign``), ``workspace_gb`` (TensorRT builder memory), ``model_sha256`` (the
-    weights' hash keying the export cache, when the caller already has it; computed otherwise).
+    Fields that concern one backend only (``num_threads`` for onnxruntime, ``compile`` for torch)
+    are ignored by the others, so one options object serves ``backend="auto"``; fields a source
+    cannot honour at all (the export settings for an ``.onnx`` file) raise ValueError.
     """
+
+    backend: InferenceBackend
+    tokenizer: TextTokenizer
+    config: CoupAlignConfig
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        tokenizer,
-        *,
-        backend: str = "auto",
-        device: Optional[str] = None,
-        precision: str = "fp32",
-        threshold: float = 0.5,
-        mask_threshold: float = 0.5,
-        clear_mask_if_not_found: bool = True,
-        num_threads: Optional[int] = None,
-        cpu_provider: str = "auto",
-        compile: bool = False,
-        compile_mode: Optional[str] = None,
-        precision_mode: str = "autocast",
-        batch_size: int = 1,
-        opset: int = DEFAULT_OPSET,
-        exporter: str = "dynamo",
-        cache_dir: Optional[str | os.PathLike] = None,
-        workspace_gb: float = 4.0,
-        model_sha256: Optional[str] = None,
-    ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        check_precision(precision)
-        name, device = _resolve(backend, device, precision, allow_torch=True)
-        export = dict(batch_size=batch_size, opset=opset, exporter=exporter, cache_dir=cache_dir, source_sha256=model_sha256)
+        model: CoupAlign,
+        tokenizer: TextTokenizer,
+        options: Optional[SegmenterOptions] = None,
+        **overrides: Any,
+    ) -> None:
+        options = resolve_options(options, overrides)
+        precision = options.precision or "fp32"
+        name, device = _resolve(options.backend, options.device, precision, allow_torch=True)
         impl: InferenceBackend
         if name == "torch":
             from .backends.torch_backend import TorchBackend
 
             impl = TorchBackend(
-                model, device=device, precision=precision, precision_mode=precision_mode,
-                compile=compile, compile_mode=compile_mode,
+                model, device=device, precision=precision, precision_mode=options.precision_mode,
+                compile=options.compile, compile_mode=options.compile_mode,
             )
         elif name == "onnxruntime":
-            impl = _onnxruntime_backend(cached_onnx(model, tokenizer, **export), device, precision, num_threads,
-                                        cpu_provider, cache_dir)
+            impl = _onnxruntime_backend(_export(model, tokenizer, options), device, precision, options)
         else:
             from .backends.tensorrt_backend import TensorRTBackend, require_tensorrt_and_cuda
 
             require_tensorrt_and_cuda()  # before the export, which takes a while
             impl = TensorRTBackend(
-                cached_onnx(model, tokenizer, **export), precision=precision, cache_dir=cache_dir,
-                workspace_gb=workspace_gb,
+                _export(model, tokenizer, options), precision=precision, cache_dir=options.cache_dir,
+                workspace_gb=options.workspace_gb,
             )
-        self._setup(impl, tokenizer, model.config, threshold, mask_threshold, clear_mask_if_not_found)
+        self._setup(impl, tokenizer, model.config, options)
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def from_backend(
         cls,
         backend: InferenceBackend,
-        tokenizer,
-        config,
-        *,
-        threshold: float = 0.5,
-        mask_threshold: float = 0.5,
-        clear_mask_if_not_found: bool = True,
+        tokenizer: TextTokenizer,
+        config: CoupAlignConfig,
+        /,
+        options: Optional[SegmenterOptions] = None,
+        **overrides: Any,
     ) -> "Segmenter":
-        """Wrap an already built backend (a custom one, or one shared by several Segmenters)."""
+        """Wrap an already built backend (a custom one, or one shared by several Segmenters).
+
+        Only the options that decide the result (threshold, mask_threshold,
+        clear_mask_if_not_found) apply.
+        """
+        options = resolve_options(options, overrides)
+        options.check_applies(RESULT_OPTIONS, "an already built backend")
+        return cls._wrap(backend, tokenizer, config, options)
+
+    @classmethod
+    def _wrap(cls, backend: InferenceBackend, tokenizer: TextTokenizer, config: CoupAlignConfig,
+              options: SegmenterOptions) -> "Segmenter":
         self = cls.__new__(cls)
-        self._setup(backend, tokenizer, config, threshold, mask_threshold, clear_mask_if_not_found)
+        self._setup(backend, tokenizer, config, options)
         return self
 
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike,
-        backend: str = "auto",
-        device: Optional[str] = None,
-        precision: Optional[str] = None,
-        threshold: float = 0.5,
-        **options: Any,
+        path: str | os.PathLike[str],
+        options: Optional[SegmenterOptions] = None,
+        **overrides: Any,
     ) -> "Segmenter":
         """From a training checkpoint (``.pt``), an exported ``.onnx`` or a TensorRT engine.
 
         An ``.onnx`` carries its config and tokenizer in its metadata; an engine carries them
         in the ``<engine>.json`` that ``coupalign export --format tensorrt`` writes beside it.
-        ``precision`` None means fp32, or for an engine the precision it was built for.
-        ``options`` are the keyword arguments of the constructor (checkpoints), ``from_onnx``
-        or ``from_engine``.
+        ``precision`` None means fp32, or for a half-precision ``.onnx`` or an engine the
+        precision it was made for. See :meth:`from_onnx` and :meth:`from_engine` for the
+        options those files take.
         """
+        options = resolve_options(options, overrides)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         if path.suffix in ENGINE_SUFFIXES:
-            return cls.from_engine(path, backend=backend, device=device, precision=precision, threshold=threshold, **options)
-        precision = precision or "fp32"
+            return cls.from_engine(path, options)
         if path.suffix == ".onnx":
-            return cls.from_onnx(path, backend=backend, device=device, precision=precision, threshold=threshold, **options)
+            return cls.from_onnx(path, options)
         from ..checkpoint import load_model
 
         model, tokenizer, _ = load_model(path, map_location="cpu")
-        return cls(model, tokenizer, backend=backend, device=device, precision=precision, threshold=threshold, **options)
+        return cls(model, tokenizer, options)
 
     @classmethod
     def from_onnx(
         cls,
-        path: str | os.PathLike,
-        backend: str = "auto",
-        device: Optional[str] = None,
-        precision: str = "fp32",
-        threshold: float = 0.5,
-        *,
-        mask_threshold: float = 0.5,
-        clear_mask_if_not_found: bool = True,
-        num_threads: Optional[int] = None,
-        cpu_provider: str = "auto",
-        cache_dir: Optional[str | os.PathLike] = None,
-        workspace_gb: float = 4.0,
+        path: str | os.PathLike[str],
+        options: Optional[SegmenterOptions] = None,
+        **overrides: Any,
     ) -> "Segmenter":
-        """From an exported ``.onnx`` alone (onnxruntime or TensorRT; torch needs the checkpoint)."""
-        if backend == "torch":
+        """From an exported ``.onnx`` alone (onnxruntime or TensorRT; torch needs the checkpoint).
+
+        The export settings (batch_size, opset, exporter, model_sha256) and the torch options
+        do not apply: the file fixes them.
+        """
+        options = resolve_options(options, overrides)
+        if options.backend == "torch":
             raise ValueError("an .onnx file runs on backend 'onnxruntime' or 'tensorrt'; torch needs the checkpoint")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        options.check_applies(ONNX_OPTIONS, f"an .onnx file ({path}); they apply to a .pt checkpoint")
         info = read_onnx_info(path)
+        precision = options.precision or "fp32"
         if info.precision != "fp32":
             # A graph exported with --precision fp16/bf16 already computes in that precision.
             if precision not in ("fp32", info.precision):
                 raise ValueError(f"{path} is a {info.precision} graph; it cannot run in {precision}")
             precision = info.precision
-        name, device = _resolve(backend, device, check_precision(precision), allow_torch=False)
+        name, device = _resolve(options.backend, options.device, precision, allow_torch=False)
         if name == "tensorrt" and info.precision != "fp32":
             raise ValueError(f"the tensorrt backend builds from the fp32 export; {path} is {info.precision}")
+        impl: InferenceBackend
         if name == "onnxruntime":
             # a graph exported in fp16 is run as it is; an fp32 one gets its backend copy
-            impl: InferenceBackend = _onnxruntime_backend(path, device, precision, num_threads, cpu_provider,
-                                                          cache_dir, prepared=info.precision != "fp32")
+            impl = _onnxruntime_backend(path, device, precision, options, prepared=info.precision != "fp32")
         else:
             from .backends.tensorrt_backend import TensorRTBackend
 
-            impl = TensorRTBackend(path, precision=precision, cache_dir=cache_dir, workspace_gb=workspace_gb)
-        return cls.from_backend(
-            impl, info.tokenizer, info.config, threshold=threshold, mask_threshold=mask_threshold,
-            clear_mask_if_not_found=clear_mask_if_not_found,
-        )
+            impl = TensorRTBackend(path, precision=precision, cache_dir=options.cache_dir,
+                                   workspace_gb=options.workspace_gb)
+        return cls._wrap(impl, info.tokenizer, info.config, options)
 
     @classmethod
     def from_engine(
         cls,
-        path: str | os.PathLike,
-        backend: str = "tensorrt",
-        device: Optional[str] = None,
-        precision: Optional[str] = None,
-        threshold: float = 0.5,
-        *,
-        mask_threshold: float = 0.5,
-        clear_mask_if_not_found: bool = True,
+        path: str | os.PathLike[str],
+        options: Optional[SegmenterOptions] = None,
+        **overrides: Any,
     ) -> "Segmenter":
-        """From a TensorRT engine file and its ``<engine>.json`` (written by ``coupalign export``)."""
-        import json
+        """From a TensorRT engine file and its ``<engine>.json`` (written by ``coupalign export``).
 
+        Only backend ("auto" or "tensorrt"), device (None or "cuda"), precision (None or the one
+        the engine was built for) and the result options apply.
+        """
         from .backends.tensorrt_backend import TensorRTBackend
 
-        if backend not in ("auto", "tensorrt"):
-            raise ValueError(f"a TensorRT engine runs on backend 'tensorrt' only, got {backend!r}")
-        if device not in (None, "cuda"):
-            raise ValueError(f"a TensorRT engine runs on device 'cuda' only, got {device!r}")
+        options = resolve_options(options, overrides)
+        options.check_applies(ENGINE_OPTIONS, f"a TensorRT engine ({path}), which fixes them when it is built")
+        if options.backend not in ("auto", "tensorrt"):
+            raise ValueError(f"a TensorRT engine runs on backend 'tensorrt' only, got {options.backend!r}")
+        if options.device not in (None, "cuda"):
+            raise ValueError(f"a TensorRT engine runs on device 'cuda' only, got {options.device!r}")
         path = Path(path)
         sidecar = path.with_name(path.name + ".json")
         if not sidecar.is_file():
@@ -286,17 +287,14 @@ class Segmenter:
         props = json.loads(sidecar.read_text())
         info = OnnxModelInfo.from_props(props, source=str(sidecar))
         built = props.get("coupalign.engine_precision", "fp32")
-        if precision is not None and precision != built:
-            raise ValueError(f"{path} was built for {built}, not {precision}; rebuild it with --precision {precision}")
+        if options.precision is not None and options.precision != built:
+            raise ValueError(f"{path} was built for {built}, not {options.precision}; "
+                             f"rebuild it with --precision {options.precision}")
         impl = TensorRTBackend(engine_path=path, precision=built)
-        return cls.from_backend(
-            impl, info.tokenizer, info.config, threshold=threshold, mask_threshold=mask_threshold,
-            clear_mask_if_not_found=clear_mask_if_not_found,
-        )
+        return cls._wrap(impl, info.tokenizer, info.config, options)
 
-    def _setup(self, backend, tokenizer, config, threshold, mask_threshold, clear_mask_if_not_found) -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    def _setup(self, backend: InferenceBackend, tokenizer: TextTokenizer, config: CoupAlignConfig,
+               options: SegmenterOptions) -> None:
         if backend.image_size != config.image_size or backend.max_tokens != config.max_tokens:
             raise ValueError(
                 f"the backend's graph is {backend.image_size}² with {backend.max_tokens} tokens but the "
@@ -305,13 +303,33 @@ class Segmenter:
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = config
-        self.threshold = float(threshold)
-        self.mask_threshold = float(mask_threshold)
-        self._mask_logit = _logit(mask_threshold)
-        self.clear_mask_if_not_found = clear_mask_if_not_found
+        self._options = options
+        self._mask_logit = _logit(options.mask_threshold)
         log.info("Segmenter ready: %s", backend.describe())
 
-    # ---- properties -----------------------------------------------------------------------------
+    # ---- options and the decision they own ------------------------------------------------------
+    @property
+    def options(self) -> SegmenterOptions:
+        """The options this Segmenter was built with, with the current threshold."""
+        return self._options
+
+    @property
+    def threshold(self) -> float:
+        """Score at or above which ``found`` is True; settable at run time (checked: [0, 1], not NaN)."""
+        return self._options.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._options = self._options.replace(threshold=check_threshold(value))
+
+    @property
+    def mask_threshold(self) -> float:
+        return self._options.mask_threshold
+
+    @property
+    def clear_mask_if_not_found(self) -> bool:
+        return self._options.clear_mask_if_not_found
+
     @property
     def image_size(self) -> int:
         return self.backend.image_size
@@ -345,7 +363,7 @@ class Segmenter:
         t1 = time.perf_counter()
         logits, presence = self._infer(pixels, input_ids, attention_mask)
         t2 = time.perf_counter()
-        results = self.postprocess(logits, presence, [im.shape[:2] for im in images])
+        results = self.postprocess(logits, presence, [(im.shape[0], im.shape[1]) for im in images])
         t3 = time.perf_counter()
         timings = {
             "preprocess": (t1 - t0) * 1e3,
@@ -357,13 +375,15 @@ class Segmenter:
             r.timings = dict(timings)
         return results
 
-    def preprocess(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def preprocess(self, images: Sequence[np.ndarray],
+                   texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> pixels (B,3,S,S) float32, input_ids/attention_mask (B,T) int64."""
         input_ids, attention_mask = self.tokenizer(list(texts), self.max_tokens)
         pixels = np.stack([preprocess_image(im, self.image_size) for im in images])
         return pixels, input_ids, attention_mask
 
-    def _infer(self, pixels, input_ids, attention_mask) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def _infer(self, pixels: np.ndarray, input_ids: np.ndarray,
+               attention_mask: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Runs the backend in chunks of its fixed batch, padding the last chunk by repetition."""
         n = pixels.shape[0]
         step = self.backend.batch_size or n
@@ -386,28 +406,37 @@ class Segmenter:
         scores = presence_score(
             torch.from_numpy(logits), None if presence_logits is None else torch.from_numpy(presence_logits)
         ).numpy()  # (B,)
+        options = self._options  # read once: a threshold changed meanwhile applies to the next call
         results = []
         for i, (h, w) in enumerate(sizes):
             score = float(scores[i])
-            found = score >= self.threshold
-            if found or not self.clear_mask_if_not_found:
+            found = score >= options.threshold
+            if found or not options.clear_mask_if_not_found:
                 mask = upsample_logits(logits[i, 0], h, w) > self._mask_logit  # (H, W)
             else:
                 mask = np.zeros((h, w), dtype=bool)
+            # No pixel above mask_threshold: nothing to act on, whatever the score says.
+            found = found and bool(mask.any())
             results.append(SegmentationResult(mask=mask, score=score, found=found, bbox=mask_bbox(mask)))
         return results
 
 
-def _onnxruntime_backend(onnx_path: str | os.PathLike, device: str, precision: str, num_threads: Optional[int],
-                         cpu_provider: str, cache_dir: Optional[str | os.PathLike], prepared: bool = False) -> InferenceBackend:
+def _export(model: CoupAlign, tokenizer: TextTokenizer, options: SegmenterOptions) -> Path:
+    """The (cached) fp32 ONNX export of ``model`` that the onnxruntime and TensorRT backends run."""
+    return cached_onnx(model, tokenizer, batch_size=options.batch_size, opset=options.opset,
+                       exporter=options.exporter, cache_dir=options.cache_dir, source_sha256=options.model_sha256)
+
+
+def _onnxruntime_backend(onnx_path: str | os.PathLike[str], device: str, precision: str, options: SegmenterOptions,
+                         prepared: bool = False) -> InferenceBackend:
     """The onnxruntime backend over the graph its provider runs (``prepared``: ``onnx_path`` is
     that graph already)."""
     from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    provider = _onnxruntime_provider(device, precision, cpu_provider)
-    graph = Path(onnx_path) if prepared else _onnxruntime_graph(onnx_path, precision, provider, cache_dir)
+    provider = _onnxruntime_provider(device, precision, options.cpu_provider)
+    graph = Path(onnx_path) if prepared else _onnxruntime_graph(onnx_path, precision, provider, options.cache_dir)
     # "cuda" is no CPU provider: the backend reads cpu_provider only on the CPU
-    return OnnxRuntimeBackend(graph, device=device, num_threads=num_threads, precision=precision,
+    return OnnxRuntimeBackend(graph, device=device, num_threads=options.num_threads, precision=precision,
                               cpu_provider=provider if device == "cpu" else "auto")
 
 
@@ -421,8 +450,8 @@ def _onnxruntime_provider(device: str, precision: str, cpu_provider: str) -> str
     return provider if precision == "fp32" else "cpu"
 
 
-def _onnxruntime_graph(onnx_path: str | os.PathLike, precision: str, provider: str,
-                       cache_dir: Optional[str | os.PathLike]) -> Path:
+def _onnxruntime_graph(onnx_path: str | os.PathLike[str], precision: str, provider: str,
+                       cache_dir: Optional[str | os.PathLike[str]]) -> Path:
     """The graph the onnxruntime backend runs: the portable export for OpenVINO (standard ONNX
     only), the copy with onnxruntime's contrib-op fusions for its own CPU and CUDA kernels, or
     the fp16 copy."""
@@ -453,6 +482,4 @@ def _resolve(backend: str, device: Optional[str], precision: str, allow_torch: b
 
             gpu = gpu and "CUDAExecutionProvider" in available_providers()
         device = "cuda" if gpu else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return backend, device

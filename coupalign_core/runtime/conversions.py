@@ -16,14 +16,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-# encoding -> (channels, numpy dtype); REP 104 / sensor_msgs/image_encodings names.
+from ..inference.inputs import IMAGE_ENCODINGS, as_rgb
+
+# encoding -> (channels, numpy dtype) of the colour encodings a camera frame may have: a view of
+# the one encoding table, coupalign_core.inference.inputs.IMAGE_ENCODINGS.
 COLOR_ENCODINGS: dict[str, tuple[int, np.dtype]] = {
-    "rgb8": (3, np.dtype(np.uint8)),
-    "bgr8": (3, np.dtype(np.uint8)),
-    "rgba8": (4, np.dtype(np.uint8)),
-    "bgra8": (4, np.dtype(np.uint8)),
-    "mono8": (1, np.dtype(np.uint8)),
-    "mono16": (1, np.dtype(np.uint16)),
+    name: (spec.channels, spec.dtype) for name, spec in IMAGE_ENCODINGS.items()
 }
 DEPTH_ENCODINGS: dict[str, tuple[int, np.dtype]] = {
     "16UC1": (1, np.dtype(np.uint16)),  # millimetres (REP 118), 0 = no reading
@@ -103,21 +101,9 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     """A ``sensor_msgs/Image``-like object (rgb8, bgr8, rgba8, bgra8, mono8, mono16) -> (H,W,3) uint8 RGB.
 
     mono16 is scaled to 8 bits over its full range (value * 255 / 65535), like cv_bridge does.
-    Alpha is dropped.
+    Alpha is dropped. The pixels are converted by ``as_rgb``, as an array from a camera driver is.
     """
-    pixels = unpack_image(msg, COLOR_ENCODINGS)
-    encoding = str(msg.encoding)
-    if encoding == "rgb8":
-        return pixels
-    if encoding == "bgr8":
-        return np.ascontiguousarray(pixels[:, :, ::-1])
-    if encoding == "rgba8":
-        return np.ascontiguousarray(pixels[:, :, :3])
-    if encoding == "bgra8":
-        return np.ascontiguousarray(pixels[:, :, 2::-1])
-    if encoding == "mono16":
-        pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    return np.ascontiguousarray(np.repeat(pixels[:, :, None], 3, axis=2))  # mono8 / mono16
+    return as_rgb(unpack_image(msg, COLOR_ENCODINGS), str(msg.encoding))
 
 
 def compressed_to_rgb(format: str, data: Any) -> np.ndarray:

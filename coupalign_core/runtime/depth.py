@@ -13,7 +13,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.transforms import resize_mask
-
 from .conversions import DEPTH_ENCODINGS, unpack_image
 
 
@@ -41,7 +40,7 @@ def depth_to_meters(msg: Any) -> np.ndarray:
     return meters
 
 
-def intrinsics_from_k(k: Sequence[float]) -> tuple[float, float, float, float]:
+def intrinsics_from_k(k: Sequence[float] | np.ndarray) -> tuple[float, float, float, float]:
     """CameraInfo ``k`` (row-major 3x3, 9 values) -> (fx, fy, cx, cy); refuses an uncalibrated K."""
     values = np.asarray(k, dtype=np.float64).reshape(-1)
     if values.size != 9:
@@ -55,7 +54,7 @@ def intrinsics_from_k(k: Sequence[float]) -> tuple[float, float, float, float]:
 def mask_centroid_3d(
     mask: np.ndarray,
     depth_m: np.ndarray,
-    k: Sequence[float],
+    k: Sequence[float] | np.ndarray,
     *,
     min_depth: float = 0.0,
     max_depth: float = float("inf"),

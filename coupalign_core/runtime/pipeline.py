@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
+import numbers
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,8 +25,37 @@ from .conversions import ImageFields, mask_to_mono8
 
 logger = logging.getLogger(__name__)
 
-# (image (H,W,3) uint8 RGB, text) -> SegmentationResult (mask, score, found, bbox, timings)
-SegmentFn = Callable[[np.ndarray, str], Any]
+
+class SegmentationResultLike(Protocol):
+    """What the pipeline reads of a result (``coupalign_core.inference.SegmentationResult`` is one).
+
+    ``found`` is the segmenter's decision, never re-decided here, and is never True with an empty mask.
+    """
+
+    @property
+    def mask(self) -> np.ndarray: ...  # (H, W) bool at the image's size
+
+    @property
+    def score(self) -> float: ...  # [0, 1]
+
+    @property
+    def found(self) -> bool: ...
+
+    @property
+    def bbox(self) -> Optional[tuple[int, int, int, int]]: ...  # (x0, y0, x1, y1), x1/y1 exclusive
+
+
+# (image (H,W,3) uint8 RGB, text) -> result; normally a coupalign_core.inference.Segmenter
+SegmentFn = Callable[[np.ndarray, str], SegmentationResultLike]
+
+
+@runtime_checkable
+class AdjustableSegmenter(Protocol):
+    """A segmenter whose ``found`` threshold can change at run time (the Segmenter's property)."""
+
+    threshold: float
+
+    def __call__(self, image: np.ndarray, text: str) -> SegmentationResultLike: ...
 
 
 @dataclass
@@ -54,9 +85,13 @@ class SegmentationOutput:
 
     frame: Frame
     command: Command
-    result: Any  # coupalign_core.inference.SegmentationResult
+    result: SegmentationResultLike
     latency_ms: float  # wall time of the Segmenter call (pre- + inference + post-processing)
-    found: bool  # score >= the pipeline's threshold (which the node may change at runtime)
+
+    @property
+    def found(self) -> bool:
+        """The Segmenter's decision (its threshold), read from the result."""
+        return bool(self.result.found)
 
     def message_fields(self) -> dict[str, Any]:
         """Plain values of a ``coupalign_interfaces/ReferringSegmentation`` (without the header).
@@ -90,10 +125,17 @@ class CommandBook:
     """
 
     def __init__(self, max_chars: int = 500, history: int = 32):
-        self.max_chars = int(max_chars)
+        self.max_chars = self.check_max_chars(max_chars)
         self._commands: collections.deque[Command] = collections.deque(maxlen=history)
         self._next_id = 1
         self._lock = threading.Lock()
+
+    @staticmethod
+    def check_max_chars(max_chars: int) -> int:
+        """``max_chars`` as an int >= 1, or ValueError."""
+        if isinstance(max_chars, bool) or not isinstance(max_chars, numbers.Integral) or max_chars < 1:
+            raise ValueError(f"max_command_chars must be an integer >= 1, got {max_chars!r}")
+        return int(max_chars)
 
     def validate(self, text: Any) -> str:
         """The stripped sentence, or ValueError saying why it can't be a command."""
@@ -264,12 +306,22 @@ def _python_log(level: int, message: str) -> None:
     logger.log(level, "%s", message)
 
 
+def _check_limit(name: str, value: float) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 class Pipeline:
     """Frames in, :class:`SegmentationOutput` out, on a worker thread or synchronously.
 
-    ``segment`` is any ``(image, text) -> SegmentationResult`` callable, normally a
-    ``coupalign_core.inference.Segmenter``. ``clock_ns`` is the clock of the frame stamps (the node's
-    ROS clock, which follows /clock under sim time); without it frames are never stale.
+    ``segment`` is any ``(image, text) -> SegmentationResultLike`` callable, normally a
+    ``coupalign_core.inference.Segmenter``, which alone decides ``found``. ``clock_ns`` is the clock
+    of the frame stamps (the node's ROS clock, which follows /clock under sim time); without it
+    frames are never stale. The node changes what it may at run time through :meth:`set_segmenter`,
+    :meth:`set_threshold` and :meth:`update_limits`, and serves its Segment service with
+    :meth:`segment_once`.
     """
 
     def __init__(
@@ -281,26 +333,77 @@ class Pipeline:
         clock_ns: Optional[Callable[[], int]] = None,
         max_frame_age_s: float = 0.0,
         max_rate_hz: float = 0.0,
-        threshold: Optional[float] = None,
         log: Optional[Callable[[int, str], None]] = None,
         log_period_s: float = 5.0,
         command_log_level: int = logging.INFO,
+        threshold: None = None,
     ):
-        self.segment = segment
+        if threshold is not None:  # the keyword stays only until every caller has dropped it
+            raise TypeError("Pipeline takes no threshold: the Segmenter alone decides found; give it the "
+                            "threshold (Segmenter(..., threshold=...)) or change it with Pipeline.set_threshold")
+        self._segment = segment
         # A live node logs every command an operator sends; a bag replay sends hundreds (DEBUG).
         self.command_log_level = command_log_level
         self.commands = commands if commands is not None else CommandBook()
         self.on_result = on_result
         self.clock_ns = clock_ns
-        self.max_frame_age_s = float(max_frame_age_s)
-        self.max_rate_hz = float(max_rate_hz)
-        self.threshold = threshold  # None: keep the Segmenter's own found
+        self._max_frame_age_s = _check_limit("max_frame_age_s", max_frame_age_s)
+        self._max_rate_hz = _check_limit("max_rate_hz", max_rate_hz)
         self.stats = PipelineStats()
         self.log = ThrottledLog(log or _python_log, log_period_s)
         self._slot = FrameSlot()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._busy = threading.Lock()  # one Segmenter call at a time (worker and service share it)
+
+    # ---- run-time settings ----------------------------------------------------------------------
+    @property
+    def segment(self) -> Optional[SegmentFn]:
+        """The segmenter in use; None while no model is loaded."""
+        return self._segment
+
+    @property
+    def max_frame_age_s(self) -> float:
+        return self._max_frame_age_s
+
+    @property
+    def max_rate_hz(self) -> float:
+        return self._max_rate_hz
+
+    def set_segmenter(self, segment: Optional[SegmentFn]) -> None:
+        """Use ``segment`` from the next frame on (None: no model; frames then fail as errors).
+
+        Waits for a call in progress, so the old segmenter is unused once this returns and its
+        memory can be freed.
+        """
+        with self._busy:
+            self._segment = segment
+
+    def set_threshold(self, threshold: float) -> None:
+        """Change the segmenter's ``found`` threshold; the segmenter checks the value and owns it.
+
+        RuntimeError when no segmenter is set, TypeError when it has no adjustable threshold.
+        """
+        segment = self._segment
+        if segment is None:
+            raise RuntimeError("no model loaded: the threshold is set on the segmenter, and there is none")
+        if not isinstance(segment, AdjustableSegmenter):
+            raise TypeError(f"the segmenter {type(segment).__name__} has no adjustable threshold")
+        segment.threshold = threshold
+
+    def update_limits(self, *, max_rate_hz: Optional[float] = None, max_frame_age_s: Optional[float] = None,
+                      max_command_chars: Optional[int] = None) -> None:
+        """Change the limits given (the others stay); ValueError, and nothing changed, for a bad one."""
+        rate = None if max_rate_hz is None else _check_limit("max_rate_hz", max_rate_hz)
+        age = None if max_frame_age_s is None else _check_limit("max_frame_age_s", max_frame_age_s)
+        if max_command_chars is not None:
+            self.commands.check_max_chars(max_command_chars)
+        if rate is not None:
+            self._max_rate_hz = rate
+        if age is not None:
+            self._max_frame_age_s = age
+        if max_command_chars is not None:
+            self.commands.max_chars = int(max_command_chars)
 
     # ---- inputs -------------------------------------------------------------------------------
     def submit(self, frame: Frame) -> None:
@@ -326,14 +429,38 @@ class Pipeline:
         return command
 
     # ---- processing ---------------------------------------------------------------------------
-    def run_segmenter(self, image: np.ndarray, text: str) -> tuple[Any, float]:
+    def run_segmenter(self, image: np.ndarray, text: str) -> tuple[SegmentationResultLike, float]:
         """(result, wall ms) of one Segmenter call; serialised so the service can share the model."""
-        if self.segment is None:
-            raise RuntimeError("no model loaded (the node is not configured)")
         with self._busy:
+            segment = self._segment
+            if segment is None:
+                raise RuntimeError("no model loaded (the node is not configured)")
             t0 = time.perf_counter()
-            result = self.segment(image, text)
+            result = segment(image, text)
             return result, (time.perf_counter() - t0) * 1e3
+
+    def segment_once(self, frame: Frame, text: Any) -> SegmentationOutput:
+        """Segment ``frame`` with ``text`` now, outside the command book (the node's Segment service).
+
+        The text must pass the command rules (:meth:`CommandBook.validate`); the call waits for the
+        worker's, so the two never run the model at once. A bad text or image raises ValueError
+        (counted as rejected ``service``); a failing model raises its exception (counted as an
+        error); RuntimeError when no model is loaded. The output's command has id 0.
+        """
+        try:
+            text = self.commands.validate(text)
+        except ValueError as e:
+            self.reject("service", str(e))
+            raise
+        try:
+            result, latency_ms = self.run_segmenter(frame.image, text)
+        except ValueError as e:
+            self.reject("service", str(e))
+            raise
+        except Exception:
+            self.stats.count_error()
+            raise
+        return SegmentationOutput(frame, Command(text, 0, frame.stamp_ns), result, latency_ms)
 
     def process(self, frame: Frame) -> Optional[SegmentationOutput]:
         """Segment one frame with the command in force at its stamp.
@@ -341,12 +468,12 @@ class Pipeline:
         None when it is dropped (stale, no command yet) or the Segmenter failed; both are counted,
         and an exception never escapes, so a bad frame cannot stop the worker.
         """
-        if self.clock_ns is not None and self.max_frame_age_s > 0:
+        max_age_s = self._max_frame_age_s
+        if self.clock_ns is not None and max_age_s > 0:
             age_s = (self.clock_ns() - frame.stamp_ns) * 1e-9
-            if age_s > self.max_frame_age_s:
+            if age_s > max_age_s:
                 self.stats.count_dropped("stale")
-                self.log("stale", logging.WARNING,
-                         f"dropped a frame {age_s:.2f} s old (max_frame_age_s={self.max_frame_age_s:g})")
+                self.log("stale", logging.WARNING, f"dropped a frame {age_s:.2f} s old (max_frame_age_s={max_age_s:g})")
                 return None
         command = self.commands.for_stamp(frame.stamp_ns)
         if command is None:
@@ -368,8 +495,7 @@ class Pipeline:
             self.log("segmenter_error", logging.ERROR, f"segmentation failed: {type(e).__name__}: {e}")
             return None
         self.stats.count_processed(latency_ms)
-        found = bool(result.found) if self.threshold is None else float(result.score) >= self.threshold
-        return SegmentationOutput(frame, command, result, latency_ms, found)
+        return SegmentationOutput(frame, command, result, latency_ms)
 
     # ---- worker thread ------------------------------------------------------------------------
     @property
@@ -397,14 +523,15 @@ class Pipeline:
     def _work(self) -> None:
         next_start = 0.0
         while not self._stop.is_set():
-            if self.max_rate_hz > 0:
+            if self._max_rate_hz > 0:
                 wait = next_start - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
                     break
             frame = self._slot.take(timeout=0.1)
             if frame is None:
                 continue
-            next_start = time.monotonic() + (1.0 / self.max_rate_hz if self.max_rate_hz > 0 else 0.0)
+            rate = self._max_rate_hz
+            next_start = time.monotonic() + (1.0 / rate if rate > 0 else 0.0)
             output = self.process(frame)
             if output is None or self.on_result is None:
                 continue

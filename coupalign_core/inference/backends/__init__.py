@@ -7,12 +7,10 @@ TensorRT (or without onnxruntime) can still use the others.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
-from .base import PRECISIONS, BackendOutput, InferenceBackend, check_precision
-
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-DEVICES = ("cpu", "cuda")
+from ..options import BACKENDS, DEVICES, PRECISIONS
+from .base import BackendOutput, InferenceBackend, check_precision
 
 
 @dataclass(frozen=True)

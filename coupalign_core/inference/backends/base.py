@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+from ..options import PRECISIONS
 
 
 @dataclass

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from ..graph import INPUT_NAMES, LOGITS, PRESENCE_LOGITS
+from ..options import CPU_PROVIDERS, DEVICES
 from .base import BackendOutput, InferenceBackend, check_precision
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def _import_ort():
+def _import_ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - pinned in requirements.txt
@@ -33,9 +34,6 @@ def available_providers() -> list[str]:
         return list(_import_ort().get_available_providers())
     except RuntimeError:
         return []
-
-
-CPU_PROVIDERS = ("auto", "openvino", "cpu")
 
 
 def resolve_cpu_provider(choice: str = "auto") -> str:
@@ -68,8 +66,8 @@ class OnnxRuntimeBackend(InferenceBackend):
     """Runs an exported CoupAlign ONNX graph (see ``coupalign_core.inference.export``).
 
     Thread spinning is off by default (``allow_spinning=False``): a spinning ORT pool keeps its
-    cores busy between calls, which slows torch in the same process (docs/inference.md) and
-    starves a ROS executor. ``num_threads`` defaults to the cores this process may run on.
+    cores busy between calls, which slows torch in the same process and starves a ROS executor
+    (docs/benchmarks.md). ``num_threads`` defaults to the cores this process may run on.
     ``precision`` says what the graph computes in: an fp16 graph comes from
     ``onnx_precision.convert_float_precision`` (the caller prepares it; see the Segmenter).
 
@@ -85,7 +83,7 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def __init__(
         self,
-        onnx_path: str | os.PathLike,
+        onnx_path: str | os.PathLike[str],
         device: str = "cpu",
         num_threads: Optional[int] = None,
         inter_op_threads: int = 1,
@@ -100,8 +98,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise FileNotFoundError(f"ONNX file {self.onnx_path} does not exist")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if graph_optimization not in _OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {_OPT_LEVELS}, got {graph_optimization!r}")
         self.precision = check_precision(precision)
@@ -109,17 +107,30 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.num_threads = int(num_threads) if num_threads else default_num_threads()
         self.allow_spinning = allow_spinning
 
+        so = self._session_options(ort, inter_op_threads, graph_optimization, dynamic_block_base)
+        providers = self._providers(ort, device_id, cpu_provider)
+        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=providers)
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(
+                f"onnxruntime could not start the CUDA execution provider (active: "
+                f"{self.session.get_providers()}); check the CUDA/cuDNN libraries onnxruntime-gpu needs"
+            )
+        self._read_graph_signature()
+
+    def _session_options(self, ort: Any, inter_op_threads: int, graph_optimization: str,
+                         dynamic_block_base: int) -> Any:
+        """Threads, spinning, work blocks and graph optimisation level of the session."""
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.num_threads
         so.inter_op_num_threads = max(1, int(inter_op_threads))
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        spin = "1" if allow_spinning else "0"
+        spin = "1" if self.allow_spinning else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         if dynamic_block_base > 0:
             # Hand out an operator's work in shrinking blocks instead of one even split: without
             # spinning, a woken thread starts late, and this lets the other take up its share
-            # (a small gain on 2 cores: docs/benchmarks.md).
+            # (docs/benchmarks.md).
             so.add_session_config_entry("session.dynamic_block_base", str(int(dynamic_block_base)))
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -128,8 +139,11 @@ class OnnxRuntimeBackend(InferenceBackend):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[graph_optimization]
         so.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
+        return so
 
-        if device == "cuda":
+    def _providers(self, ort: Any, device_id: int, cpu_provider: str) -> list[str | tuple[str, dict[str, Any]]]:
+        """The execution providers in order of preference; sets ``self.provider``."""
+        if self.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeError(
                     "onnxruntime on device='cuda' needs the CUDA execution provider, which this "
@@ -137,22 +151,16 @@ class OnnxRuntimeBackend(InferenceBackend):
                     "`pip uninstall onnxruntime && pip install onnxruntime-gpu` on a machine with "
                     "CUDA 12 and cuDNN 9, or use device='cpu'"
                 )
-            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
             self.provider = "cuda"
-        else:
-            self.provider = resolve_cpu_provider(cpu_provider) if self.precision == "fp32" else "cpu"
-            if self.provider == "openvino":
-                ov_options = {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(self.num_threads)}
-                providers = [("OpenVINOExecutionProvider", ov_options), "CPUExecutionProvider"]
-            else:
-                providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=providers)
-        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
-            raise RuntimeError(
-                f"onnxruntime could not start the CUDA execution provider (active: "
-                f"{self.session.get_providers()}); check the CUDA/cuDNN libraries onnxruntime-gpu needs"
-            )
+            return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        self.provider = resolve_cpu_provider(cpu_provider) if self.precision == "fp32" else "cpu"
+        if self.provider == "openvino":
+            ov_options = {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(self.num_threads)}
+            return [("OpenVINOExecutionProvider", ov_options), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
 
+    def _read_graph_signature(self) -> None:
+        """Batch, image size, tokens and outputs from the session; ValueError if not a CoupAlign graph."""
         inputs = {i.name: i for i in self.session.get_inputs()}
         missing = [n for n in INPUT_NAMES if n not in inputs]
         if missing:

@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ TORCH_DTYPES = {
 _INPUT_KINDS = {"images": "float", "input_ids": "int", "attention_mask": "int"}
 
 
-def require_tensorrt():
+def require_tensorrt() -> Any:
     """``import tensorrt`` (10.x or 11.x) or a RuntimeError telling the user what to install."""
     try:
         import tensorrt as trt
@@ -69,7 +69,7 @@ def require_tensorrt():
     return trt
 
 
-def require_tensorrt_and_cuda():
+def require_tensorrt_and_cuda() -> Any:
     """TensorRT and a CUDA GPU, or a RuntimeError saying which is missing and what to install."""
     trt = require_tensorrt()
     if not torch.cuda.is_available():
@@ -220,7 +220,7 @@ def engine_cache_key(
     gpu_name: str,
     compute_capability: tuple[int, int],
     precision: str,
-    input_shapes: dict[str, Sequence[int]],
+    input_shapes: Mapping[str, Sequence[int]],
 ) -> str:
     """Hex key of an engine: any change of model, TensorRT, GPU, precision or shapes misses."""
     return key_digest(
@@ -358,13 +358,15 @@ class TensorRTBackend(InferenceBackend):
             return path
         timing = self.cache_dir / "tensorrt" / f"timing-{self._trt.__version__}-sm{sm[0]}{sm[1]}.cache"
         with torch.cuda.device(device_id):
-            data = build_engine(prepared, workspace_bytes=int(workspace_gb * (1 << 30)), timing_cache_path=timing, trt=self._trt)
+            data = build_engine(prepared, workspace_bytes=int(workspace_gb * (1 << 30)), timing_cache_path=timing,
+                                trt=self._trt)
         atomic_write_bytes(path, data)
         log.info("cached TensorRT engine %s (%.1f MB)", path, len(data) / 1e6)
         return path
 
     def describe(self) -> str:
-        return f"tensorrt {self._trt.__version__} on {torch.cuda.get_device_name(self._device)}, {self.precision}, batch {self.batch_size}"
+        gpu = torch.cuda.get_device_name(self._device)
+        return f"tensorrt {self._trt.__version__} on {gpu}, {self.precision}, batch {self.batch_size}"
 
     def __call__(
         self, images: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
+from ...model.modeling import CoupAlign
 from ..graph import InferenceGraph
+from ..options import PRECISION_MODES
 from .base import BackendOutput, InferenceBackend, check_precision
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class TorchBackend(InferenceBackend):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: CoupAlign,
         device: str = "cpu",
         precision: str = "fp32",
         precision_mode: str = "autocast",
@@ -51,8 +52,8 @@ class TorchBackend(InferenceBackend):
         compile_mode: Optional[str] = None,
     ):
         self.precision = check_precision(precision)
-        if precision_mode not in ("autocast", "cast"):
-            raise ValueError(f"precision_mode must be 'autocast' or 'cast', got {precision_mode!r}")
+        if precision_mode not in PRECISION_MODES:
+            raise ValueError(f"precision_mode must be one of {PRECISION_MODES}, got {precision_mode!r}")
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -68,11 +69,13 @@ class TorchBackend(InferenceBackend):
             # A half-precision copy: casting in place would change the caller's model.
             model = copy.deepcopy(model).to(self._torch_device, self._dtype)
         model = model.eval().to(self._torch_device)
-        self.graph: nn.Module = InferenceGraph(model)
-        self.has_presence_head = self.graph.has_presence_head
+        graph = InferenceGraph(model)
+        self.has_presence_head = graph.has_presence_head
         self.compiled = compile
-        if compile:
-            self.graph = torch.compile(self.graph, mode=compile_mode)
+        # images, input_ids, attention_mask -> (logits, [presence_logits])
+        self.graph: Callable[..., Sequence[torch.Tensor]] = (
+            torch.compile(graph, mode=compile_mode) if compile else graph
+        )
         # Images go in as the weights' dtype when the weights were cast; autocast handles the rest.
         self._input_dtype = self._dtype if precision_mode == "cast" else torch.float32
 
