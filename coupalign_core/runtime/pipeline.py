@@ -336,11 +336,7 @@ class Pipeline:
         log: Optional[Callable[[int, str], None]] = None,
         log_period_s: float = 5.0,
         command_log_level: int = logging.INFO,
-        threshold: None = None,
     ):
-        if threshold is not None:  # the keyword stays only until every caller has dropped it
-            raise TypeError("Pipeline takes no threshold: the Segmenter alone decides found; give it the "
-                            "threshold (Segmenter(..., threshold=...)) or change it with Pipeline.set_threshold")
         self._segment = segment
         # A live node logs every command an operator sends; a bag replay sends hundreds (DEBUG).
         self.command_log_level = command_log_level
