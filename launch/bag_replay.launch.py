@@ -9,13 +9,19 @@ immediately here (command_immediate): /clock ticks too coarsely to order a comma
 before its frame. Every other argument of coupalign.launch.py passes through.
 """
 
-from launch import LaunchDescription
-from launch.actions import (DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription, LogInfo,
-                            RegisterEventHandler)
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    IncludeLaunchDescription,
+    LogInfo,
+    RegisterEventHandler,
+)
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 PASS_THROUGH = ("checkpoint", "backend", "device", "precision", "threshold", "namespace", "node_name",
                 "params_file", "publish_overlay", "log_level")

@@ -10,7 +10,6 @@ keeps the file's value, a given one overrides it after being converted to the pa
 `ros2 lifecycle set <node> configure` / `activate`.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -21,6 +20,7 @@ from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
 from coupalign_ros.params import SPECS
+from launch import LaunchDescription
 
 # node parameters exposed as launch arguments (empty = keep params_file's value)
 NODE_ARGUMENTS = (

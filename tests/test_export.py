@@ -10,10 +10,18 @@ import pytest
 import torch
 
 from coupalign_core.inference.backends.onnxruntime_backend import (
-    OnnxRuntimeBackend, available_providers, resolve_cpu_provider,
+    OnnxRuntimeBackend,
+    available_providers,
+    resolve_cpu_provider,
 )
 from coupalign_core.inference.export import (
-    FORMAT, OnnxModelInfo, cached_onnx, cached_onnxruntime_fused_onnx, example_inputs, export_onnx, read_onnx_info,
+    FORMAT,
+    OnnxModelInfo,
+    cached_onnx,
+    cached_onnxruntime_fused_onnx,
+    example_inputs,
+    export_onnx,
+    read_onnx_info,
     verify_onnx,
 )
 from coupalign_core.inference.graph import InferenceGraph
@@ -90,7 +98,8 @@ def test_onnxruntime_matches_torch_tiny(tiny, tiny_onnx, sentences, provider):
     model, tok = tiny
     backend = OnnxRuntimeBackend(tiny_onnx, num_threads=1, cpu_provider=provider)
     assert backend.provider == provider
-    assert backend.session.get_providers()[0] == {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}[provider]
+    expected = {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}[provider]
+    assert backend.session.get_providers()[0] == expected
     g = torch.Generator().manual_seed(len(sentences[0]))
     images = torch.randn(1, 3, model.config.image_size, model.config.image_size, generator=g)
     ids, mask = tok(sentences, model.config.max_tokens)

@@ -13,8 +13,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from coupalign_core.inference.backends.tensorrt_backend import (
-    BindingPlan, TensorSpec, engine_cache_key, engine_cache_path, io_specs_from_engine, io_specs_from_onnx,
-    network_creation_flags, require_tensorrt, tensorrt_available,
+    BindingPlan,
+    TensorSpec,
+    engine_cache_key,
+    engine_cache_path,
+    io_specs_from_engine,
+    io_specs_from_onnx,
+    network_creation_flags,
+    require_tensorrt,
+    tensorrt_available,
 )
 from coupalign_core.inference.export import cached_onnx
 from coupalign_core.inference.onnx_precision import FP16_MAX, convert_float_precision
@@ -76,8 +83,8 @@ def attention_like_graph() -> onnx.ModelProto:
         helper.make_node("Resize", ["sm", "", "scales"], ["y"], mode="nearest"),
     ]
     f = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
-    graph = helper.make_graph(nodes, "g", [f("x", [1, 4, 8]), f("m", [1, 4, 8])], [f("y", [1, 4, 16]), f("a", [1, 4, 8])],
-                              initializer=inits)
+    graph = helper.make_graph(nodes, "g", [f("x", [1, 4, 8]), f("m", [1, 4, 8])],
+                              [f("y", [1, 4, 16]), f("a", [1, 4, 8])], initializer=inits)
     # IR version 10 (what torch's exporter writes): onnx's default for a new model can be newer
     # than the onnxruntime beside it reads (onnxruntime-openvino 1.24 stops at IR 13).
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
@@ -156,7 +163,8 @@ def test_conversion_rejects_bad_requests():
                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     g = helper.make_graph(
         [helper.make_node("If", ["c"], ["z"], then_branch=then, else_branch=then)], "g",
-        [helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
     with pytest.raises(ValueError, match="subgraphs"):
         convert_float_precision(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), "fp16")

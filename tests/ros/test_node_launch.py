@@ -35,22 +35,22 @@ try:
 except PackageNotFoundError:  # pragma: no cover - depends on the machine
     pytest.skip("coupalign_ros/coupalign_interfaces are not built and sourced (docs/ros.md)", allow_module_level=True)
 
-import launch  # noqa: E402
 from coupalign_interfaces.msg import ReferringSegmentation  # noqa: E402
 from coupalign_interfaces.srv import Segment  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PointStamped  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from geometry_msgs.msg import PointStamped  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from sensor_msgs.msg import CameraInfo  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
+
+import launch  # noqa: E402
 
 NODE = "/coupalign"
 IMAGE_TOPIC = "/test_camera/image"
@@ -186,8 +186,8 @@ class Client:
 
     def diagnostics(self) -> dict[str, str] | None:
         """The key/values of the coupalign node's latest diagnostic status (None before one)."""
-        for array in reversed(self.received["diagnostics"]):
-            for status in array.status:
+        for diagnostic_array in reversed(self.received["diagnostics"]):
+            for status in diagnostic_array.status:
                 if status.name.startswith("coupalign"):
                     values = {kv.key: kv.value for kv in status.values}
                     values["_message"], values["_level"] = status.message, int.from_bytes(status.level, "little") \
