@@ -212,7 +212,7 @@ def test_export_verb_weights_keeps_what_inference_needs(tiny, tmp_path, capsys):
     model, tok = tiny
     optimizer_state = {"state": {0: {"exp_avg": torch.zeros(100_000)}}}  # what a training run carries
     ckpt = save_checkpoint(tmp_path / "train.pt", model, tok, optimizer=optimizer_state, step=7)
-    out = tmp_path / "release.pt"
+    out = tmp_path / "release.safetensors"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "weights", "--out", str(out)]) == 0
     state = read_checkpoint(out)
     assert "optimizer" not in state and state["step"] == 7
