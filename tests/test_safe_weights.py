@@ -18,6 +18,7 @@ from coupalign_core.checkpoint import export_weights, load_model, read_checkpoin
 from coupalign_core.cli.main import main
 from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 RELEASE_KEYS = {"format", "version", "config", "tokenizer", "training", "provenance"}
 
 
@@ -199,6 +200,13 @@ def test_release_is_safetensors_with_json_metadata(tiny, tmp_path, capsys):
 
     assert main(["export", "--checkpoint", str(ckpt), "--format", "weights", "--out", str(tmp_path / "r.pt")]) == 2
     assert "name --out *.safetensors" in capsys.readouterr().err
+
+
+def test_the_shipped_model_is_a_release():
+    assert not list((REPO / "models").glob("*.pt"))
+    state = read_checkpoint(REPO / "models" / "coupalign-synthetic.safetensors")
+    assert state["format"] == "coupalign-weights" and state["config"]["presence_head"] is True
+    assert state["provenance"]["source"] == "runs/synthetic_shipped_stage5/last.pt"
 
 
 def test_training_checkpoints_need_no_allow_list(tiny, tmp_path):
