@@ -204,7 +204,7 @@ def test_export_verb(tiny, tmp_path, capsys):
 
 
 def test_export_verb_weights_keeps_what_inference_needs(tiny, tmp_path, capsys):
-    """--format weights: the release copy (how models/coupalign-synthetic.pt is made) drops the
+    """--format weights: the release copy (how models/coupalign-synthetic.safetensors is made) drops the
     optimizer state and loads into the same model."""
     from coupalign_core.checkpoint import load_model, read_checkpoint, save_checkpoint
     from coupalign_core.cli.main import main

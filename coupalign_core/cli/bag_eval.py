@@ -7,7 +7,7 @@ ground-truth masks (same header stamp as their image), prints oIoU, mIoU and pre
 RISMetrics.compute() plus per-frame latency figures; --overlays a PNG contact sheet.
 
 Example (the bag from `coupalign make-bag`):
-  coupalign bag-eval bags/synth-val --checkpoint models/coupalign-synthetic.pt \\
+  coupalign bag-eval bags/synth-val --checkpoint models/coupalign-synthetic.safetensors \\
       --out outputs/synth-val-results --json outputs/bag-eval.json --overlays outputs/bag-eval.png
 """
 

@@ -12,7 +12,7 @@ from the ONNX) and writes PATH plus PATH.json (config and tokenizer).
 weights: the released weights of a training checkpoint as one .safetensors file (fp32 tensors; config,
 vocabulary, step, validation metrics and provenance as JSON in its metadata; no optimizer, scheduler
 or RNG state), loadable like any checkpoint and unable to run code on load. This is how
-models/coupalign-synthetic.pt is made. A .pt that only arbitrary unpickling can read is refused
+models/coupalign-synthetic.safetensors is made. A .pt that only arbitrary unpickling can read is refused
 everywhere; if you trust where it came from, convert it once with --trust-pickle:
 
   coupalign export --checkpoint old.pt --format weights --trust-pickle --out old.safetensors
