@@ -213,7 +213,7 @@ def test_export_verb(tiny, tmp_path, capsys):
 
 
 def test_export_verb_weights_keeps_what_inference_needs(tiny, tmp_path, capsys):
-    """--format weights: the release copy (how models/coupalign-synthetic.pt is made) drops the
+    """--format weights: the release copy (how models/coupalign-synthetic.safetensors is made) drops the
     optimizer state and loads into the same model."""
     from coupalign_core.checkpoint import load_model, read_checkpoint, save_checkpoint
     from coupalign_core.cli.main import main
@@ -221,7 +221,7 @@ def test_export_verb_weights_keeps_what_inference_needs(tiny, tmp_path, capsys):
     model, tok = tiny
     optimizer_state = {"state": {0: {"exp_avg": torch.zeros(100_000)}}}  # what a training run carries
     ckpt = save_checkpoint(tmp_path / "train.pt", model, tok, optimizer=optimizer_state, step=7)
-    out = tmp_path / "release.pt"
+    out = tmp_path / "release.safetensors"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "weights", "--out", str(out)]) == 0
     state = read_checkpoint(out)
     assert "optimizer" not in state and state["step"] == 7

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from coupalign_core.checkpoint import read_checkpoint, save_checkpoint
+from coupalign_core.checkpoint import atomic_save, read_checkpoint, save_checkpoint
 from coupalign_core.data import collate
 from coupalign_core.training.config import Interval, TrainingConfig, apply_overrides, load_config_dict
 from coupalign_core.training.schedule import PolyLR, no_decay_names, poly_lr
@@ -305,9 +305,10 @@ def test_a_crash_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
     before = path.read_bytes()
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    # The payload (model weights first) is partly written when pickling fails.
+    # The payload (model weights first) is partly written when pickling fails (save_checkpoint itself
+    # refuses such a field before writing: this is the write underneath it).
     with pytest.raises(OSError, match="mid-write"):
-        save_checkpoint(path, model, tokenizer, step=2, extra=ExplodesWhilePickled())
+        atomic_save({"model": model.state_dict(), "step": 2, "extra": ExplodesWhilePickled()}, path)
     assert path.read_bytes() == before
     assert read_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left behind

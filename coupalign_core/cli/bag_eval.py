@@ -10,7 +10,7 @@ An MCAP cut short (a recording that did not finish) is replayed up to the cut, w
 says how many messages were lost.
 
 Example (the bag from `coupalign make-bag`):
-  coupalign bag-eval bags/synth-val --checkpoint models/coupalign-synthetic.pt \\
+  coupalign bag-eval bags/synth-val --checkpoint models/coupalign-synthetic.safetensors \\
       --out outputs/synth-val-results --json outputs/bag-eval.json --overlays outputs/bag-eval.png
 """
 

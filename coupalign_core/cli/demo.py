@@ -27,13 +27,13 @@ DEMO_OUTPUTS = frozenset({"data", "bag", "results", "overlays.png", "metrics.jso
 
 
 def default_checkpoint() -> Path:
-    """``models/coupalign-synthetic.pt`` of this repository (an editable install or a checkout)."""
-    return Path(__file__).resolve().parents[2] / "models" / "coupalign-synthetic.pt"
+    """``models/coupalign-synthetic.safetensors`` of this repository (an editable install or a checkout)."""
+    return Path(__file__).resolve().parents[2] / "models" / "coupalign-synthetic.safetensors"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="model to replay (default: models/coupalign-synthetic.pt of this repository)")
+                        help="model to replay (default: models/coupalign-synthetic.safetensors of this repository)")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"),
                         help="output folder (a previous demo's is replaced; default: outputs/demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help="world of the synthetic split")

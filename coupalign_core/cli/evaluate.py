@@ -4,7 +4,7 @@ mIoU, prec@0.5/0.7/0.9 and the Table 2 histogram of IoU < 0.5, at the model's in
 expression kind and the presence accuracy on no-target expressions.
 
 Example:
-  coupalign eval --checkpoint models/coupalign-synthetic.pt --data-root data/synth-eval \\
+  coupalign eval --checkpoint models/coupalign-synthetic.safetensors --data-root data/synth-eval \\
       --dataset synthetic --split-by unc --splits val testA testB --json outputs/eval.json
 
 Under torchrun (e.g. ``torchrun --standalone --nproc_per_node 4 -m coupalign_core.cli.main eval ...``)

@@ -9,9 +9,13 @@ strongly typed TensorRT build (trtexec --stronglyTyped) expects.
 TensorRT: builds an engine for this machine's GPU and TensorRT version (strongly typed, precision
 from the ONNX) and writes PATH plus PATH.json (config and tokenizer).
 
-weights: a release copy of a training checkpoint (config, vocabulary, fp32 weights, step and
-validation metrics; no optimizer, scheduler or RNG state), loadable like any checkpoint. This is
-how models/coupalign-synthetic.pt is made.
+weights: the released weights of a training checkpoint as one .safetensors file (fp32 tensors; config,
+vocabulary, step, validation metrics and provenance as JSON in its metadata; no optimizer, scheduler
+or RNG state), loadable like any checkpoint and unable to run code on load. This is how
+models/coupalign-synthetic.safetensors is made. A .pt that only arbitrary unpickling can read is refused
+everywhere; if you trust where it came from, convert it once with --trust-pickle:
+
+  coupalign export --checkpoint old.pt --format weights --trust-pickle --out old.safetensors
 """
 
 from __future__ import annotations
@@ -23,9 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training checkpoint (.pt) or released weights (.safetensors)")
     parser.add_argument("--format", choices=("onnx", "tensorrt", "weights"), required=True, help="what to write")
-    parser.add_argument("--out", required=True, help="output file (.onnx, .engine or .pt)")
+    parser.add_argument("--out", required=True, help="output file (.onnx, .engine or .safetensors)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="with --format weights: read a --checkpoint that needs arbitrary unpickling "
+                        "(torch.load(weights_only=False)), which runs any code the file carries; only for "
+                        "files whose origin you trust")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default %(default)s)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
@@ -44,10 +53,18 @@ def run(args: argparse.Namespace) -> int:
     from coupalign_core.inference.export import export_onnx
 
     out = Path(args.out)
+    if args.trust_pickle and args.format != "weights":
+        raise ValueError("--trust-pickle converts to --format weights only; export the converted "
+                         ".safetensors to onnx or tensorrt afterwards")
     if args.format == "weights":
-        from coupalign_core.checkpoint import export_weights
+        from coupalign_core.checkpoint import RELEASE_SUFFIX, export_weights
 
-        export_weights(args.checkpoint, out)
+        if out.suffix != RELEASE_SUFFIX:  # before reading the checkpoint
+            raise ValueError(f"--format weights writes safetensors: name --out *{RELEASE_SUFFIX}, not {out}")
+        if args.trust_pickle:
+            log.warning("--trust-pickle: unpickling %s with torch.load(weights_only=False), which runs any "
+                        "code it carries", args.checkpoint)
+        export_weights(args.checkpoint, out, trust_pickle=args.trust_pickle)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         return 0
     if args.format == "tensorrt":
