@@ -12,8 +12,10 @@ import json
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -168,6 +170,20 @@ def test_resume_refuses_a_different_global_batch(data_root, tmp_path):
         Trainer(other, tmp_path, resume=tmp_path / "last.pt")
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         Trainer(config, tmp_path, resume=tmp_path / "missing.pt")
+
+
+def test_a_run_starting_removes_the_temp_file_of_a_killed_checkpoint_write(data_root, tmp_path):
+    """A kill during a checkpoint write leaves ``.last.pt.<host>.<pid>.<rand>.tmp``; the next start cleans it."""
+    killed = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(killed.stdout)  # a process of this host that has exited
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())
+    leftover = tmp_path / f".last.pt.{host}.{dead_pid}.k2j3h4g5.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    a_minute_ago = time.time() - 60
+    os.utime(leftover, (a_minute_ago, a_minute_ago))
+    config = TrainingConfig.from_dict(tiny_config(data_root, max_steps=1, eval_every=0, overlay_samples=0))
+    Trainer(config, tmp_path)
+    assert not leftover.exists()
 
 
 def test_init_from_takes_weights_only_and_refuses_another_architecture(data_root, tmp_path):

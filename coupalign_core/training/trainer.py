@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from ..data import collate
 from .config import TrainingConfig
 from .distributed import (
@@ -144,6 +144,9 @@ class Trainer:
         cfg = config.train
         self.ctx = dist_ctx or init_distributed(cfg.device)
         self.output_dir = Path(output_dir or cfg.output_dir or "runs/train")
+        if self.ctx.is_main:  # a run killed while writing a checkpoint left a temp file: gone at the next start
+            for stale in remove_stale_temp_files(self.output_dir):
+                log.info("removed %s, left by a checkpoint write that was killed", stale)
         self.step_callbacks = list(step_callbacks)
         self.handle_signals = handle_signals
         self._stop_reason: Optional[str] = None
