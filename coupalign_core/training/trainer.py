@@ -130,6 +130,8 @@ class Trainer:
     local losses (tests use them to interrupt a run; :meth:`request_stop` ends it cleanly).
     """
 
+    _resume_state: Optional[dict[str, Any]]  # the checkpoint being resumed, until it is loaded
+
     def __init__(
         self,
         config: TrainingConfig,
@@ -159,30 +161,15 @@ class Trainer:
 
         # Same initial weights on every rank (DDP broadcasts rank 0's anyway), then per-rank streams.
         seed_everything(cfg.seed)
-        from ..losses import CoupAlignLoss
-        from ..model import CoupAlign, CoupAlignConfig, build_tokenizer
-
-        resume_path = self._resolve_resume(resume)
-        self._resume_state = read_checkpoint(resume_path) if resume_path is not None else None
-        if self._resume_state is not None:
-            # The architecture is the checkpoint's (its text_config is filled in even when the run
-            # started from a pretrained BERT), and every weight comes from it: no pretrained files.
-            model_config = CoupAlignConfig.from_dict(self._resume_state["config"]).replace(
-                image_pretrained=None, text_pretrained=False)
-        else:
-            model_config = dataclasses.replace(config.model)  # the model fills in text_config
-        self.model: CoupAlign = CoupAlign(model_config).to(self.device)
-        if self._resume_state is None and cfg.init_from:
-            self._init_weights_from(cfg.init_from)
-        if self.ctx.is_distributed and self.device.type == "cuda":
-            # LAVT's SyncBatchNorm (the SegHead's BatchNorms); it keeps the parameter objects.
-            # (It returns the model object itself, its BatchNorm children replaced.)
-            self.model = cast("CoupAlign", nn.SyncBatchNorm.convert_sync_batchnorm(self.model))
+        resume_path = self._build_model(config, resume)
         # The config this run stores: the user's, with the architecture the model actually has.
         self.config = TrainingConfig(
             model=config.model.replace(text_config=dict(self.model.config.text_config)),
             data=config.data, train=config.train,
         )
+        from ..losses import CoupAlignLoss
+        from ..model import build_tokenizer
+
         self.tokenizer = build_tokenizer(self.model.config)
         self.loss_fn = CoupAlignLoss(self.model.config)
         seed_everything(cfg.seed + 1000 * self.ctx.rank)
@@ -214,6 +201,29 @@ class Trainer:
             self._resume_state = None
 
     # ---- set-up -----------------------------------------------------------------------------------
+    def _build_model(self, config: TrainingConfig, resume: Optional[str | os.PathLike]) -> Optional[Path]:
+        """``self.model`` on the run's device: the resumed checkpoint's architecture and weights, or
+        the config's model (weights from ``init_from`` when set). Returns the checkpoint resumed from."""
+        from ..model import CoupAlign, CoupAlignConfig
+
+        resume_path = self._resolve_resume(resume)
+        self._resume_state = read_checkpoint(resume_path) if resume_path is not None else None
+        if self._resume_state is not None:
+            # The architecture is the checkpoint's (its text_config is filled in even when the run
+            # started from a pretrained BERT), and every weight comes from it: no pretrained files.
+            model_config = CoupAlignConfig.from_dict(self._resume_state["config"]).replace(
+                image_pretrained=None, text_pretrained=False)
+        else:
+            model_config = dataclasses.replace(config.model)  # the model fills in text_config
+        self.model: CoupAlign = CoupAlign(model_config).to(self.device)
+        if self._resume_state is None and config.train.init_from:
+            self._init_weights_from(config.train.init_from)
+        if self.ctx.is_distributed and self.device.type == "cuda":
+            # LAVT's SyncBatchNorm (the SegHead's BatchNorms); it keeps the parameter objects.
+            # (It returns the model object itself, its BatchNorm children replaced.)
+            self.model = cast("CoupAlign", nn.SyncBatchNorm.convert_sync_batchnorm(self.model))
+        return resume_path
+
     def _amp_dtype(self, amp: str) -> Optional[torch.dtype]:
         """Autocast dtype: bf16, or fp16 (with the GradScaler) on GPUs; torch autocasts on the CPU too,
         which only pays off on CPUs with bf16/fp16 matrix units."""
