@@ -277,6 +277,15 @@ def test_lifecycle_outputs_service_diagnostics_and_bad_images(client):
     assert given.success and (given.result.mask.width, given.result.mask.height) == (40, 30)
     empty = client.call(client.segment, Segment.Request(text="   "))
     assert not empty.success and "empty" in empty.message
+    # the threshold parameter reaches the one owner of found, which the service reads too
+    assert client.set_parameter("threshold", 1.0)[0]
+    strict = client.call(client.segment, Segment.Request(text="the dark part"))
+    assert strict.success and not strict.result.found
+    assert not np.frombuffer(bytes(strict.result.mask.data), np.uint8).any()  # cleared when not found
+    assert client.set_parameter("threshold", 0.0)[0]
+    lenient = client.call(client.segment, Segment.Request(text="the dark part"))
+    assert lenient.result.found == bool(np.frombuffer(bytes(lenient.result.mask.data), np.uint8).any())
+    assert client.set_parameter("threshold", 0.5)[0]
 
     # malformed images are rejected and counted; the node keeps serving
     # (spaced out: the image subscription keeps only the newest sample, by design)
