@@ -9,12 +9,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 WPADirection = Literal["bidirectional", "language_to_vision", "off"]
 _DIRECTIONS = ("bidirectional", "language_to_vision", "off")
+WPAPosition = Literal["after_stage", "before_stage"]
+_POSITIONS = ("after_stage", "before_stage")
+AuxLossForm = Literal["normalised", "paper"]
+_AUX_FORMS = ("normalised", "paper")
 
 
 @dataclass
@@ -29,7 +33,9 @@ class CoupAlignConfig:
     window_size: int = 12
     image_size: int = 448  # square input, section 4.1
     # None: random init. Otherwise a local weights file (.pth/.safetensors/.bin) or, with internet,
-    # a timm pretrained tag such as "timm" (uses the timm hub weights of ``image_encoder``).
+    # timm's hub weights: "timm" takes timm's default tag of ``image_encoder`` (for Swin-B that is
+    # ImageNet-22K pretraining fine-tuned on 1K), "timm:<tag>" a named one, e.g. "timm:ms_in22k"
+    # (the ImageNet-22K classification weights the paper's section 4.1 names).
     image_pretrained: Optional[str] = None
     # Swin's optional absolute position embedding ("ape" in the Swin paper's code, off there and in
     # the paper preset): a learnt (H/4, W/4, C_1) table added after the patch embedding,
@@ -37,6 +43,17 @@ class CoupAlignConfig:
     # window, and a small model trained from scratch then has to learn "leftmost" and "second from
     # the right" from the 1/32 fusion grid alone.
     image_abs_pos_embed: bool = False
+    # Swin's stochastic depth: the drop-path rate of the last block (timm raises it linearly from 0
+    # at the first). The paper does not give it. None: the value in ``image_encoder_kwargs`` if it
+    # has one, else timm's default for the model (0.1 for Swin); a number overrides both. LAVT
+    # trains Swin-B with 0.3.
+    drop_path_rate: Optional[float] = None
+    # "We utilize the features from the 1st-4th stages of Swin Transformer" (section 3.2) does not
+    # say whether they are normalised. True: a LayerNorm on each stage's output V_i before the
+    # SegHead and the fusion read it, as the Swin segmentation backbone and LAVT give each output
+    # its own norm; the stream into the next stage stays unnormalised. False: V_i as the stage
+    # (and its WPA) returns it.
+    stage_norm: bool = False
 
     # ---- text encoder (BERT family) -------------------------------------------------------------
     # Hugging Face id or local folder of a BERT-family model and its tokenizer.
@@ -62,6 +79,13 @@ class CoupAlignConfig:
     wpa_direction: WPADirection = "bidirectional"
     # d, the joint embedding width of Eq. 4. Not given in the paper; 256 matches the decoder width.
     wpa_dim: int = 256
+    # Where WPA_i acts. "V_{i+1} = SwinStage_i(V_i + L'_i), L_{i+1} = BERTStage_i(L_i + V'_i)" (Eq. 3),
+    # read literally, aligns the *input* of stage i: "before_stage". Section 3.2 aligns "at the
+    # intermediate layers" and Fig. 2 draws WPA after each stage, where LAVT places its PWAM (before
+    # downsampling): "after_stage" aligns the output of stage i, which feeds stage i+1 and the
+    # SegHead. Before a stage, WPA_i works at the previous stage's width and resolution (C_1 for
+    # stages 1 and 2, C_{i-1} after).
+    wpa_position: WPAPosition = "after_stage"
 
     # ---- cross-attention fusion (Eq. 7-8) -------------------------------------------------------
     # Heads of the "plain multi-head attention layer"; 8 as in the Transformer paper the text cites.
@@ -79,9 +103,13 @@ class CoupAlignConfig:
     # ---- SegHead (Eq. 10) and SMA (Eq. 11-12) ---------------------------------------------------
     seg_dim: int = 256  # d_s, not given; the usual FPN width
     use_sma: bool = True  # False: Table 4 "w/o SMA", mask from Ŷ1 through a 1x1 projection
-    # Initial inverse temperature of softmax(sim(Lg, Q̂o)) in Eq. 11. A cosine lies in [-1, 1], so
-    # a plain softmax over 100 queries would stay almost uniform; like CLIP we learn a scale
-    # (log-parametrised) starting at 1/0.07.
+    # "Q_w = softmax(sim(L_g, Q̂_o)), where sim(·) is cosine similarity" (Eq. 11). A cosine lies in
+    # [-1, 1], so a plain softmax over 100 queries stays almost uniform (the best query weighs at
+    # most e² ≈ 7.4 times the worst). "learnt": softmax(s · cos) with a learnt, unclamped inverse
+    # temperature s (log-parametrised, as CLIP's) starting at ``sma_logit_scale``. A number t:
+    # softmax(cos / t) with t fixed; 1.0 is the paper's formula as printed.
+    sma_temperature: Union[Literal["learnt"], float] = "learnt"
+    # Initial inverse temperature s of the "learnt" form.
     sma_logit_scale: float = 1.0 / 0.07
 
     # ---- presence head (a product addition, not in the paper) -----------------------------------
@@ -93,8 +121,17 @@ class CoupAlignConfig:
     # ---- losses (Eq. 13-17) ---------------------------------------------------------------------
     aux_loss_weight: float = 0.1  # λ, section 4.1
     aux_temperature: float = 0.07  # τ, not given; the usual InfoNCE temperature
-    # Pixels sampled per set (positive/negative) and image for the P2N/N2P sums of Eq. 14-15:
-    # 1024 x 1024 pairs keep memory bounded at 448 input (12,544 pixels per image).
+    # Eq. 14-15 write dot products y_i · ŷ / τ over every pixel of the sets P and N ("InfoNCE [39]",
+    # whose -log both forms keep: the printed ratio without it is not InfoNCE). "normalised":
+    # L2-normalised embeddings and prototypes (cosines / τ), at most ``aux_max_pixels`` sampled
+    # pixels per set with the other set's sum reweighted by |set| / |sample| (coupalign_core/losses.py
+    # says why). "paper": raw dot products and raw mean prototypes over all pixels, in float32;
+    # memory is bounded by computing the (pixels x pixels) scores in chunks of at most
+    # ``losses.PAPER_AUX_CHUNK_SCORES`` entries per image, recomputed in backward (compute grows as
+    # B · (HW/16)² · d_s: at 448², 12,544² scores per image).
+    aux_loss_form: AuxLossForm = "normalised"
+    # "normalised" form: pixels sampled per set (positive/negative) and image for the P2N/N2P sums
+    # of Eq. 14-15: 1024 x 1024 pairs keep memory bounded at 448 input (12,544 pixels per image).
     aux_max_pixels: int = 1024
     presence_loss_weight: float = 0.1
     # Weight of a soft Dice term added to L_seg (not in the paper, whose L_seg is BCE alone: 0 in
@@ -118,6 +155,15 @@ class CoupAlignConfig:
             raise ValueError(
                 f"wpa_direction must be one of {_DIRECTIONS}, got {self.wpa_direction!r}"
             )
+        if self.wpa_position not in _POSITIONS:
+            raise ValueError(f"wpa_position must be one of {_POSITIONS}, got {self.wpa_position!r}")
+        if self.aux_loss_form not in _AUX_FORMS:
+            raise ValueError(f"aux_loss_form must be one of {_AUX_FORMS}, got {self.aux_loss_form!r}")
+        self.sma_temperature = _sma_temperature(self.sma_temperature)
+        if self.drop_path_rate is not None:
+            if isinstance(self.drop_path_rate, bool) or not 0.0 <= float(self.drop_path_rate) < 1.0:
+                raise ValueError(f"drop_path_rate must be a number in [0, 1) or null, got {self.drop_path_rate!r}")
+            self.drop_path_rate = float(self.drop_path_rate)
         if self.max_tokens < 2:
             raise ValueError(f"max_tokens must leave room for [CLS] and [SEP], got {self.max_tokens}")
         if self.image_size % 32:
@@ -162,6 +208,20 @@ class CoupAlignConfig:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         base = PRESETS[name]()
         return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def _sma_temperature(value: Any) -> Union[Literal["learnt"], float]:
+    """``"learnt"`` or a positive number (a YAML string such as ``"1.0"`` is read as one)."""
+    if value == "learnt":
+        return "learnt"
+    if not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if number > 0 and number != float("inf"):
+            return number
+    raise ValueError(f"sma_temperature must be 'learnt' or a positive number (1.0: Eq. 11 as printed), got {value!r}")
 
 
 def _plain(value: Any) -> Any:

@@ -14,6 +14,9 @@ Data flow for images (B, 3, H, W) and a sentence of T tokens::
 The WPA of stage i acts on the *output* of stage i and its result feeds stage i+1 (the paper's
 V_{i+1} = SwinStage_i(V_i + L'_i) with V_i the aligned output of the previous stage); V_1..V_4
 given to the SegHead are the aligned features. L_g is the [CLS] state after the last stage.
+``wpa_position="before_stage"`` reads Eq. 3 literally instead: WPA_i aligns the input of stage i
+(the patch embedding for i = 1), and V_1..V_4 are the plain stage outputs. ``stage_norm`` gives the
+SegHead and the fusion LayerNorm(V_i) (CoupAlignConfig says why each reading exists).
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ class CoupAlign(nn.Module):
         text_dim = self.text_encoder.hidden_size  # D
         grid = (config.image_size // 32, config.image_size // 32)  # (Ho, Wo)
 
-        self.wpa = build_wpa(channels, text_dim, config.wpa_dim, config.wpa_stages, config.wpa_direction)
+        # WPA_i aligns the output of stage i (after_stage) or its input (before_stage).
+        wpa_channels = channels if config.wpa_position == "after_stage" else self.image_encoder.stage_input_channels
+        self.wpa = build_wpa(wpa_channels, text_dim, config.wpa_dim, config.wpa_stages, config.wpa_direction)
         self.fusion = CrossAttentionFusion(channels[3], text_dim, config.fusion_heads, grid)
         self.seg_head = SegHead(channels, channels[3], config.seg_dim)
         if config.use_sma:
@@ -78,7 +83,9 @@ class CoupAlign(nn.Module):
                 channels[3], config.query_dim, config.num_queries, config.decoder_layers,
                 config.decoder_heads, config.decoder_ffn_dim, config.dropout, grid,
             )
-            self.sma = SentenceMaskAlignment(config.query_dim, config.seg_dim, text_dim, config.sma_logit_scale)
+            learnt = config.sma_temperature == "learnt"
+            scale = config.sma_logit_scale if learnt else 1.0 / float(config.sma_temperature)
+            self.sma = SentenceMaskAlignment(config.query_dim, config.seg_dim, text_dim, scale, learn_scale=learnt)
         else:
             self.pixel_mask_head = PixelMaskHead(config.seg_dim, text_dim)
         self.presence = PresenceHead(config.seg_dim, text_dim) if config.presence_head else None
@@ -112,19 +119,19 @@ class CoupAlign(nn.Module):
         text = self.text_encoder.embed(input_ids)  # (B, T, D)
         features: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
+        before = self.config.wpa_position == "before_stage"
         for i in range(4):
+            key = str(i + 1)
+            if before and key in self.wpa:  # Eq. 3 read literally: align the stage's input
+                vision, text = self._align(key, vision, text, text_mask, attentions)
             vision = self.image_encoder.stage(i, vision)  # V_i (B, H_i, W_i, C_i)   Eq. 3
             text = self.text_encoder.stage(i, text, additive)  # L_i (B, T, D)       Eq. 3
-            key = str(i + 1)
-            if key in self.wpa:
-                b, h, w, c = vision.shape
-                flat, text, attn = self.wpa[key](vision.reshape(b, h * w, c), text, text_mask)  # Eq. 1-6
-                vision = flat.reshape(b, h, w, c)
-                attentions.append(attn)
-            features.append(vision)
+            if not before and key in self.wpa:  # as LAVT's PWAM: align the stage's output
+                vision, text = self._align(key, vision, text, text_mask, attentions)
+            features.append(self.image_encoder.output(i, vision))  # LayerNorm-ed with stage_norm
 
         sentence = text[:, 0]  # L_g, the [CLS] state (B, D)
-        s_o = self.fusion(vision, text, text_mask)  # (B, Ho, Wo, C_o)  Eq. 7-8
+        s_o = self.fusion(features[3], text, text_mask)  # (B, Ho, Wo, C_o)  Eq. 7-8
         y1 = self.seg_head(  # (B, d_s, H/4, W/4)  Eq. 10
             s_o.permute(0, 3, 1, 2), [f.permute(0, 3, 1, 2) for f in features]
         )
@@ -144,6 +151,15 @@ class CoupAlign(nn.Module):
             query_masks=query_masks,
             wpa_attentions=tuple(attentions) if output_attentions else None,
         )
+
+    def _align(self, key: str, vision: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+               attentions: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """WPA ``key`` on vision (B, H, W, C) and text (B, T, D) (Eq. 1-6); its word attention is
+        appended to ``attentions``."""
+        b, h, w, c = vision.shape
+        flat, text, attn = self.wpa[key](vision.reshape(b, h * w, c), text, text_mask)
+        attentions.append(attn)  # (B, HW, T)
+        return flat.reshape(b, h, w, c), text
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,7 +1,8 @@
 """Sentence-Mask Alignment (section 3.3, Eq. 11-12).
 
     Q̂_o = Q_o W_Q,  Ŷ_1 = Y_1 W_Y
-    Q_w = softmax(s · cos(L_g, Q̂_o))               Eq. 11 (s: learnt inverse temperature)
+    Q_w = softmax(s · cos(L_g, Q̂_o))               Eq. 11 (s: learnt inverse temperature, or fixed;
+                                                     s = 1 is the formula as printed)
     Y_N = Ŷ_1 ⊗ Q̂_o,   M = Y_N ⊗ Q_w               Eq. 12
 
 M = Σ_n Q_w[n] (Q̂_o[n] · Ŷ_1) = (Σ_n Q_w[n] Q̂_o[n]) · Ŷ_1, so M is computed from the weighted query
@@ -22,11 +23,17 @@ from torch import nn
 
 
 class SentenceMaskAlignment(nn.Module):
-    def __init__(self, query_dim: int, seg_dim: int, text_dim: int, logit_scale: float):
+    """``logit_scale``: the inverse temperature s of Eq. 11, learnt from that start
+    (``learn_scale=True``, a log-parametrised ``logit_scale`` parameter) or fixed (no parameter)."""
+
+    def __init__(self, query_dim: int, seg_dim: int, text_dim: int, logit_scale: float, learn_scale: bool = True):
         super().__init__()
         self.query_proj = nn.Linear(query_dim, text_dim)  # W_Q
         self.pixel_proj = nn.Conv2d(seg_dim, text_dim, 1)  # W_Y
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale)))
+        self.logit_scale: Optional[nn.Parameter] = (
+            nn.Parameter(torch.tensor(math.log(logit_scale))) if learn_scale else None
+        )
+        self.fixed_scale = float(logit_scale)
 
     def forward(
         self, queries: torch.Tensor, pixels: torch.Tensor, sentence: torch.Tensor, return_query_masks: bool = False
@@ -35,7 +42,8 @@ class SentenceMaskAlignment(nn.Module):
         q = self.query_proj(queries)  # Q̂_o (B, N, D)
         y = self.pixel_proj(pixels)  # Ŷ_1 (B, D, h, w)
         sim = F.cosine_similarity(sentence[:, None, :], q, dim=-1)  # (B, N)
-        weights = (self.logit_scale.exp() * sim).softmax(dim=-1)  # Q_w  Eq. 11
+        scale = self.logit_scale.exp() if self.logit_scale is not None else self.fixed_scale
+        weights = (scale * sim).softmax(dim=-1)  # Q_w  Eq. 11
         weighted_query = torch.einsum("bn,bnd->bd", weights, q)  # (B, D)
         mask = torch.einsum("bd,bdhw->bhw", weighted_query, y)  # M  Eq. 12
         query_masks = torch.einsum("bnd,bdhw->bnhw", q, y) if return_query_masks else None  # Y_N
