@@ -1,8 +1,20 @@
 """Mask generator (section 3.3, Eq. 9): a transformer decoder turning N learnable queries into
 segment tokens, Q_o = MaskGenerator(Q, S_o).
 
-The paper fixes 6 layers; widths, heads and FFN follow Mask2Former's decoder (pre-norm, no dropout).
-S_o is projected to d_q and given its own learnable positional embedding as the decoder's memory.
+The paper fixes 6 layers and says no more. The widths, heads, FFN size and the absence of dropout are
+Mask2Former's decoder defaults; the layer itself is PyTorch's standard pre-norm
+``nn.TransformerDecoderLayer``, not Mask2Former's:
+
+* each layer runs self-attention among the queries, then cross-attention to S_o, then the FFN, each
+  as x + sublayer(LayerNorm(x)) (pre-norm), and a final LayerNorm closes the stack;
+* the N learnt queries are the only query input: no separate query positional embedding;
+* S_o is projected to d_q and its learnt positional embedding is added to it before the decoder, so
+  the position enters the cross-attention's keys *and* values.
+
+Mask2Former's decoder differs in each point: cross-attention comes first (masked by the previous
+layer's mask prediction), then self-attention and the FFN, each post-norm (LayerNorm(x + sublayer(x)));
+learnt query positional embeddings and the memory's positional encoding are added to the queries
+and keys only.
 """
 
 from __future__ import annotations
