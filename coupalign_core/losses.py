@@ -39,6 +39,16 @@
   - The ground truth is resized to Y1's size with nearest neighbour ("nearest-exact", which picks
     the pixel at the centre of each 4×4 cell, the one the embedding is centred on).
 
+* ``aux_loss_form="paper"``: Eq. 14-16 as printed, up to the -log: raw (unnormalised) dot products
+  y_i · ŷ / τ, raw mean prototypes, every pixel of both sets, in float32 (autocast off: raw scores
+  divided by τ reach the hundreds, where bfloat16 rounds by whole units). Exact, with memory
+  bounded by chunking: per image, the anchors are taken ``PAPER_AUX_CHUNK_SCORES // hw`` at a time
+  (at least one), so at most that many (anchor, pixel) scores exist at once, and each chunk runs
+  under activation checkpointing, so backward recomputes it instead of keeping it. Peak memory is
+  then O(B·hw·C + PAPER_AUX_CHUNK_SCORES) whatever the resolution, and compute O(B·hw²·C) (at 448²,
+  hw = 12,544: 157 M scores per image, ~10 chunks); a loop over images and chunks, so slower than
+  the batched "normalised" form.
+
 * Dice (not in the paper; ``dice_loss_weight``, 0 in the paper preset): ``1 - (2 Σ p·t + 1) /
   (Σ p + Σ t + 1)`` per image on the sigmoid of the same logits as ``L_seg``, added to it. The +1
   keeps an empty target finite (its Dice loss is then ``Σ p / (Σ p + 1)``: any predicted pixel costs).
@@ -53,10 +63,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 if TYPE_CHECKING:
     from .model.configuration import CoupAlignConfig
+
+
+# aux_loss_form="paper": the most (anchor, pixel) scores held at once per chunk (16 MiB in float32).
+PAPER_AUX_CHUNK_SCORES = 1 << 22
 
 
 def at_target_size(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -82,6 +97,8 @@ class CoupAlignLoss(nn.Module):
         super().__init__()
         if config.aux_temperature <= 0:
             raise ValueError(f"aux_temperature must be > 0, got {config.aux_temperature}")
+        if config.aux_loss_form not in ("normalised", "paper"):
+            raise ValueError(f"aux_loss_form must be 'normalised' or 'paper', got {config.aux_loss_form!r}")
         if config.aux_max_pixels < 1:
             raise ValueError(f"aux_max_pixels must be >= 1, got {config.aux_max_pixels}")
         if config.aux_loss_weight < 0 or config.presence_loss_weight < 0 or config.dice_loss_weight < 0:
@@ -92,12 +109,14 @@ class CoupAlignLoss(nn.Module):
         self.aux_loss_weight = float(config.aux_loss_weight)
         self.aux_temperature = float(config.aux_temperature)
         self.aux_max_pixels = int(config.aux_max_pixels)
+        self.aux_loss_form = str(config.aux_loss_form)
+        self.paper_chunk_scores = PAPER_AUX_CHUNK_SCORES
         self.presence_loss_weight = float(config.presence_loss_weight)
         self.dice_loss_weight = float(config.dice_loss_weight)
 
     def extra_repr(self) -> str:
         return (
-            f"λ={self.aux_loss_weight}, τ={self.aux_temperature}, "
+            f"λ={self.aux_loss_weight}, τ={self.aux_temperature}, aux_form={self.aux_loss_form}, "
             f"aux_max_pixels={self.aux_max_pixels}, presence_weight={self.presence_loss_weight}, "
             f"dice_weight={self.dice_loss_weight}"
         )
@@ -167,6 +186,9 @@ class CoupAlignLoss(nn.Module):
         h, w = pixel_embeddings.shape[-2:]
         small = F.interpolate(target[:, None], size=(h, w), mode="nearest-exact")[:, 0] > 0.5  # (B, h, w)
         fg = small.flatten(1)  # (B, hw)
+        if self.aux_loss_form == "paper":
+            with torch.autocast(pixel_embeddings.device.type, enabled=False):
+                return self._paper_auxiliary_loss(pixel_embeddings.float().flatten(2), fg)
         emb = pixel_embeddings.float().flatten(2)  # (B, C, hw), a view: no full-size copy
         # L2 normalisation as a per-pixel scale, applied only where vectors are used (prototype
         # sums and sampled rows), so no normalised (B, hw, C) copy is kept for backward.
@@ -219,6 +241,32 @@ class CoupAlignLoss(nn.Module):
         weights = anchor_valid.to(per_anchor.dtype)
         return (per_anchor * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
+    def _paper_auxiliary_loss(self, emb: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+        """Eq. 14-16 over every pixel, raw dot products: emb (B, C, hw) float32, fg (B, hw) bool -> (B,).
+
+        Per image, anchors in chunks (``paper_chunk_scores`` scores at most), each under activation
+        checkpointing: exact, with memory bounded by the chunk (see the module docstring)."""
+        hw = emb.shape[2]
+        chunk = max(1, self.paper_chunk_scores // hw)
+        checkpointed = torch.is_grad_enabled() and emb.requires_grad
+        losses = []
+        for e, f in zip(emb, fg):  # e (C, hw), f (hw,)
+            n_pos = int(f.sum())
+            if n_pos == 0 or n_pos == hw:  # nothing to contrast: 0, no gradient
+                losses.append(e.new_zeros(()))
+                continue
+            prototypes = torch.stack([e[:, ~f].mean(1), e[:, f].mean(1)])  # (2, C): ŷ-, ŷ+ (raw means)
+            sums = e.new_zeros(2)  # Σ over negative anchors, Σ over positive anchors
+            for start in range(0, hw, chunk):
+                part = slice(start, start + chunk)
+                args = (e[:, part], f[part], e, f, prototypes, self.aux_temperature)
+                if checkpointed:
+                    sums = sums + torch.utils.checkpoint.checkpoint(_paper_info_nce_chunk, *args, use_reentrant=False)
+                else:
+                    sums = sums + _paper_info_nce_chunk(*args)
+            losses.append(sums[1] / n_pos + sums[0] / (hw - n_pos))  # L_P2N + L_N2P  Eq. 14-16
+        return torch.stack(losses)
+
     def presence_loss(self, presence_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Class-balanced BCE of presence_logits (B,) against "target mask is non-empty" -> scalar.
 
@@ -238,3 +286,17 @@ class CoupAlignLoss(nn.Module):
         classes = (n_present > 0).float() + (n_absent > 0).float()  # 1 or 2
         weights = torch.where(present > 0, 1.0 / n_present.clamp(min=1), 1.0 / n_absent.clamp(min=1)) / classes
         return (weights * bce).sum()
+
+
+def _paper_info_nce_chunk(anchors: torch.Tensor, anchor_fg: torch.Tensor, emb: torch.Tensor, fg: torch.Tensor,
+                          prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
+    """-log(e^{a·ŷ/τ} / (e^{a·ŷ/τ} + Σ_{k in the other set} e^{a·y_k/τ})) summed over the chunk's
+    negative and positive anchors separately -> (2,). anchors (C, k), anchor_fg (k,), emb (C, hw),
+    fg (hw,), prototypes (2, C) indexed by the anchor's own set (0: ŷ-, 1: ŷ+)."""
+    own = prototypes[anchor_fg.long()]  # (k, C)
+    positive = (own * anchors.T).sum(1, keepdim=True) / temperature  # (k, 1)
+    others = (anchors.T @ emb) / temperature  # (k, hw)
+    others = others.masked_fill(anchor_fg[:, None] == fg[None, :], float("-inf"))  # the other set only
+    per_anchor = torch.logsumexp(torch.cat([positive, others], dim=1), dim=1) - positive[:, 0]  # (k,)
+    is_pos = anchor_fg.to(per_anchor.dtype)
+    return torch.stack([(per_anchor * (1.0 - is_pos)).sum(), (per_anchor * is_pos).sum()])
