@@ -37,7 +37,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import cv2
 import numpy as np
@@ -368,7 +368,8 @@ class ReferDataset(Dataset[Any]):
     :class:`BadAnnotationError` naming the annotation; ``"skip"`` drops the ref, logs and counts it
     (``skipped_ref_ids["bad_annotation"]``, reasons in ``bad_annotations``).
     ``skip_missing_images=True`` likewise drops refs whose image file is missing
-    (``skipped_ref_ids["missing_image"]``).
+    (``skipped_ref_ids["missing_image"]``). ``image_ids``: keep only the refs of these images (a
+    part of a split, such as one held out of training for model selection).
 
     An item is ``{"image": (H,W,3) uint8 RGB, "mask": (H,W) bool, "sentence", "ref_id", "sent_id",
     "image_id", "ann_id", "kind" (str or None), "no_target" (bool)}``, passed through ``transform``
@@ -388,6 +389,7 @@ class ReferDataset(Dataset[Any]):
         skip_missing_images: bool = False,
         on_bad_annotation: str = "error",
         seed: int = 0,
+        image_ids: Collection[int] | None = None,
     ) -> None:
         _check_arguments(dataset, split_by, split, sentences, on_bad_annotation)
         self.data_root = Path(data_root)
@@ -401,8 +403,12 @@ class ReferDataset(Dataset[Any]):
         self.instances_file = instances_path(data_root, dataset)
 
         refs = [r for r in load_refer_refs(data_root, dataset, split_by) if ref_in_split(str(r["split"]), split)]
+        if image_ids is not None:
+            wanted = {int(i) for i in image_ids}
+            refs = [r for r in refs if int(r["image_id"]) in wanted]
         if not refs:
-            raise ValueError(f"refs file {self.refs_file} has no ref in split {split!r}")
+            of_images = "" if image_ids is None else f" among the {len(image_ids)} images asked for"
+            raise ValueError(f"refs file {self.refs_file} has no ref in split {split!r}{of_images}")
         instances = load_instances(self.instances_file)
         images = {int(im["id"]): im for im in instances["images"]}
         needed_anns = {int(r["ann_id"]) for r in refs}

@@ -113,10 +113,36 @@ class DataConfig:
     # {seed, num_images, ...}: keyword arguments of coupalign_core.data.synthetic.generate, run on
     # rank 0 before training when data_root holds no data set yet (a fresh machine needs no step).
     synthesize: Optional[dict[str, Any]] = None
+    # What "an epoch" is. The paper's "trained for 50 epochs" does not say, and a referred object has
+    # several sentences (RefCOCO train: 42,404 objects, 120,624 sentences). "one_per_ref": one item
+    # per object with one of its sentences drawn each epoch from (seed, epoch), as LAVT's loader;
+    # "all": every sentence once per epoch (2.8x the steps on RefCOCO).
+    epoch_sentences: Literal["one_per_ref", "all"] = "one_per_ref"
+    # Model selection on training data, so that no reported split chooses its own model: a fraction
+    # (0 < x < 1) or a number (an integer >= 1) of the training split's images, held out of training
+    # with all their refs and used as the validation set (best.pt, curves) in place of val_split,
+    # which must then be null. Deterministic: the images are ordered by a hash of their id, the
+    # same for every seed and run. None: validate on val_split.
+    val_from_train: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.val_sentences not in ("random", "all"):
             raise ValueError(f"data.val_sentences must be 'random' or 'all', got {self.val_sentences!r}")
+        if self.epoch_sentences not in ("one_per_ref", "all"):
+            raise ValueError(f"data.epoch_sentences must be 'one_per_ref' or 'all', got {self.epoch_sentences!r}")
+        if self.val_from_train is not None:
+            v = self.val_from_train
+            is_count = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            is_fraction = isinstance(v, float) and 0.0 < v < 1.0
+            if not (is_count or is_fraction):
+                raise ValueError(
+                    f"data.val_from_train must be a fraction in (0, 1) or a whole number of images >= 1, got {v!r}"
+                )
+            if self.val_split is not None:
+                raise ValueError(
+                    f"data.val_from_train holds validation images out of {self.train_split!r} in place of "
+                    f"data.val_split; set data.val_split: null (got {self.val_split!r})"
+                )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.synthesize is not None and not isinstance(self.synthesize, dict):
@@ -157,6 +183,11 @@ class OptimConfig:
     checkpoint_every: Interval = field(default_factory=lambda: Interval(1000))
     log_every: int = 20
     overlay_samples: int = 8  # validation items drawn in the overlay grid at each evaluation
+    # The checkpoint a run stands for. "best": best.pt, the best validation oIoU so far (on
+    # data.val_split, or on the images data.val_from_train holds out of train). "last": no best.pt;
+    # the run's model is last.pt, chosen by no split. A split that chose a model and then reports
+    # it (best.pt on val, scored on val) overstates it.
+    select_checkpoint: Literal["best", "last"] = "best"
     find_unused_parameters: bool = False  # DDP; needed only for a model with unused branches
     # A checkpoint whose model weights start this run (a second training stage, or a fine-tune of a
     # trained model): only the weights are taken; optimizer, schedule and step count start afresh,
@@ -198,6 +229,8 @@ class OptimConfig:
             raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda; got {self.device!r}")
+        if self.select_checkpoint not in ("best", "last"):
+            raise ValueError(f"train.select_checkpoint must be 'best' or 'last', got {self.select_checkpoint!r}")
 
     def per_process_batch(self, world_size: int) -> int:
         """The per-process batch size for ``world_size`` processes (checks global_batch_size)."""

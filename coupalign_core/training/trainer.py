@@ -12,7 +12,8 @@
   (a second signal interrupts at once).
 * **Only rank 0 writes files.** Metrics are reduced across ranks first.
 
-Files in ``output_dir``: ``last.pt``, ``best.pt`` (by validation oIoU), ``config.yaml`` (the
+Files in ``output_dir``: ``last.pt``, ``best.pt`` (by validation oIoU; none with
+``train.select_checkpoint: last``), ``config.yaml`` (the
 resolved config), ``metrics.jsonl`` (one row per log/eval), ``curves.png``, ``overlays/step_N.png``
 and ``tb/`` (TensorBoard).
 """
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, c
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from ..data import collate
@@ -279,24 +280,15 @@ class Trainer:
         return path
 
     def _build_data(self) -> None:
-        from ..data import ReferDataset
         from ..data.transforms import ReferTransform
+        from .datasets import build_datasets
 
         cfg, data = self.config.train, self.config.data
         if data.synthesize is not None:
             self._synthesize_if_missing(data.synthesize)
         transform = ReferTransform(self.model.config.image_size, self.tokenizer, self.model.config.max_tokens)
-        # Validation items stay raw: the evaluation engine applies the same transform itself.
-        common: dict[str, Any] = dict(image_root=data.image_root, skip_missing_images=data.skip_missing_images,
-                                      seed=cfg.seed)
-        self.train_set = ReferDataset(data.data_root, data.dataset, data.split_by, data.train_split,
-                                      transform=transform, sentences="random", **common)
-        self.val_set: Optional[Dataset[Any]] = None
-        if data.val_split:
-            self.val_set = ReferDataset(data.data_root, data.dataset, data.split_by, data.val_split,
-                                        transform=None, sentences=data.val_sentences, **common)
-            if data.val_max_samples is not None and len(self.val_set) > data.val_max_samples:
-                self.val_set = torch.utils.data.Subset(self.val_set, range(data.val_max_samples))
+        # data.epoch_sentences sets the epoch's items; data.val_from_train, the validation set.
+        self.train_set, self.val_set = build_datasets(data, transform, cfg.seed)
         self.batch_size = cfg.per_process_batch(self.ctx.world_size)
         self.global_batch = self.batch_size * self.ctx.world_size * cfg.grad_accum
         self.sampler = ResumableDistributedSampler(
@@ -606,7 +598,8 @@ class Trainer:
         improved = "oIoU" in metrics and (self.best_oiou is None or metrics["oIoU"] > self.best_oiou)
         if improved:
             self.best_oiou = metrics["oIoU"]
-            self.save("best.pt")
+            if cfg.select_checkpoint == "best":  # "last": the run's model is last.pt, no split chose it
+                self.save("best.pt")
         if self.ctx.is_main:
             log.info("step %d: val oIoU %.2f mIoU %.2f (best %.2f) in %.1f s", self.step,
                      metrics.get("oIoU", float("nan")), metrics.get("mIoU", float("nan")),
