@@ -114,7 +114,7 @@ class DataConfig:
     # rank 0 before training when data_root holds no data set yet (a fresh machine needs no step).
     synthesize: Optional[dict[str, Any]] = None
     # What "an epoch" is. The paper's "trained for 50 epochs" does not say, and a referred object has
-    # several sentences (RefCOCO train: 42,404 objects, 120,624 sentences). "one_per_ref": one item
+    # several sentences (RefCOCO train: 42,404 objects, ~120,600 sentences). "one_per_ref": one item
     # per object with one of its sentences drawn each epoch from (seed, epoch), as LAVT's loader;
     # "all": every sentence once per epoch (2.8x the steps on RefCOCO).
     epoch_sentences: Literal["one_per_ref", "all"] = "one_per_ref"
