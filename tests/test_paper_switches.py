@@ -213,8 +213,9 @@ def _brute_force_paper_aux(emb: torch.Tensor, fg: torch.Tensor, tau: float) -> t
     pos, neg = e[:, f], e[:, ~f]
 
     def direction(anchors, prototype, others):
-        return torch.stack([torch.logsumexp(torch.cat([(a @ prototype)[None], a @ others]) / tau, 0) - a @ prototype / tau
-                            for a in anchors.T]).mean()
+        per_anchor = [torch.logsumexp(torch.cat([(a @ prototype)[None], a @ others]) / tau, 0) - a @ prototype / tau
+                      for a in anchors.T]
+        return torch.stack(per_anchor).mean()
 
     return direction(pos, pos.mean(1), neg) + direction(neg, neg.mean(1), pos)
 
