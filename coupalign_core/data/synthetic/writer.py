@@ -30,9 +30,11 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from tqdm import tqdm
 
+from ..language import LanguageAugmentation
 from ..refer import DEFAULT_IMAGE_DIRS, NO_TARGET_ANN_ID, instances_path, refs_path
 from . import expressions as ex
 from .render import render
+from .vocabulary import augment_specs
 from .world import COLORS, MIN_VISIBLE_FRACTION, PROFILES, SHAPES, SIZE_SCALE, Scene, polygon_to_coco, sample_scene
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: str, extra_per_ref: float):
+def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: str, extra_per_ref: float,
+                language: LanguageAugmentation = LanguageAugmentation()):
     """Image ``index`` of the world: writes its PNG, returns (image record, annotations, ref specs, stats).
 
     Depends only on ``(seed, index)``, so images can be made in any process; ref and sentence ids
@@ -124,6 +127,7 @@ def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: st
             "sentences": [{"raw": s["raw"], "sent": s["sent"], "kind": s["kind"], "no_target": s["no_target"],
                            "query": s["query"]} for s in spec.sentences],
         })
+    specs = augment_specs(seed, index, specs, language, no_target_ann_id=NO_TARGET_ANN_ID, category_ids=CATEGORY_IDS)
     return image, annotations, specs, stats
 
 
@@ -137,12 +141,18 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     workers: int = 1,
+    phrasing_fraction: float = 0.0,
+    ood_negative_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Writes ``num_images`` scenes with their refs under ``out_root``; returns a summary dict.
 
     ``image_size`` is (width, height). ``no_target_fraction`` is the expected share of refs that
     name something absent from their image (kind ``no_target``, empty mask, ``ann_id`` -1).
     ``workers`` > 1 renders images in that many processes (see the module docstring).
+    ``phrasing_fraction``: share of sentences phrased as commands people give robots;
+    ``ood_negative_fraction``: expected share of refs that are out-of-domain no-target commands
+    (kind ``out_of_domain``); both from ``coupalign_core.data.language``, drawn from a stream of
+    their own, so the scenes and plain sentences do not change with them.
     """
     width, height = (int(v) for v in image_size)
     if num_images < 1:
@@ -153,6 +163,7 @@ def generate(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not 0.0 <= no_target_fraction < 1.0:
         raise ValueError(f"no_target_fraction must be in [0, 1), got {no_target_fraction}")
+    language = LanguageAugmentation(phrasing_fraction=phrasing_fraction, ood_negative_fraction=ood_negative_fraction)
     out_root = Path(out_root)
     refs_file, inst_file = refs_path(out_root, DATASET, SPLIT_BY), instances_path(out_root, DATASET)
     image_dir = out_root / DEFAULT_IMAGE_DIRS[DATASET]
@@ -173,7 +184,7 @@ def generate(
     stats = collections.Counter()
     ref_id = sent_id = 0
     make = functools.partial(_make_image, seed=seed, width=width, height=height, image_dir=str(image_dir),
-                             extra_per_ref=no_target_fraction / (1.0 - no_target_fraction))
+                             extra_per_ref=no_target_fraction / (1.0 - no_target_fraction), language=language)
     workers = min(int(workers), num_images)
     with contextlib.ExitStack() as stack:
         if workers > 1:
@@ -194,7 +205,8 @@ def generate(
                 for s in spec["sentences"]:
                     sent_id += 1
                     sentences.append({"sent_id": sent_id, "raw": s["raw"], "sent": s["sent"], "tokens": s["sent"].split(),
-                                      "kind": s["kind"], "no_target": s["no_target"], "query": s["query"]})
+                                      "kind": s["kind"], "no_target": s["no_target"], "query": s["query"],
+                                      **{k: s[k] for k in ("phrasing", "negative") if k in s}})
                     kinds[s["kind"]] += 1
                 refs.append({
                     "ref_id": ref_id, "ann_id": spec["ann_id"], "image_id": image_id,
@@ -210,6 +222,7 @@ def generate(
         "description": "CoupAlign synthetic referring segmentation benchmark",
         "generator_version": GENERATOR_VERSION, "seed": int(seed), "num_images": int(num_images),
         "image_size": [width, height], "no_target_fraction": float(no_target_fraction),
+        "phrasing_fraction": float(phrasing_fraction), "ood_negative_fraction": float(ood_negative_fraction),
         "split_profiles": {s: {"profile": p, "objects": PROFILES[p]} for s, p in SPLIT_PROFILES.items()},
         "position_margin": ex.POSITION_MARGIN, "distance_ratio": ex.DISTANCE_RATIO,
         "min_visible_fraction": MIN_VISIBLE_FRACTION, "size_scale": SIZE_SCALE, "colors": COLORS,
@@ -224,7 +237,7 @@ def generate(
         "image_dir": str(image_dir),
         "seed": int(seed), "image_size": [width, height],
         "splits": {s: dict(c) for s, c in per_split.items()},
-        "kinds": {k: kinds[k] for k in ex.KINDS if kinds[k]},
+        "kinds": {k: kinds[k] for k in (*ex.KINDS, *sorted(set(kinds) - set(ex.KINDS))) if kinds[k]},
         **{k: int(v) for k, v in stats.items()},
     }
     log.info("wrote %d images, %d refs, %d sentences under %s", num_images, len(refs), sent_id, out_root)
