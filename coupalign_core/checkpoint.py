@@ -117,7 +117,8 @@ def export_weights(src: str | os.PathLike, dst: str | os.PathLike, **provenance:
     """
     state = read_checkpoint(src)
     keep = {k: state[k] for k in ("format", "version", "config", "tokenizer", "model") if k in state}
-    for key in ("step", "epoch", "train_config", "val_metrics", "best_oiou", "global_batch_size"):
+    for key in ("step", "epoch", "train_config", "val_metrics", "best_oiou", "global_batch_size",
+                "grounding_vocabulary"):
         if key in state:
             keep[key] = state[key]
     keep["provenance"] = {"source": str(src), **provenance}

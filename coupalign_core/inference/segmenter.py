@@ -6,7 +6,8 @@ This is the product's contract (the ROS node and the bag tools call it)::
     result = seg(image_rgb_uint8, "the red cup on the left")
     result.mask   # (H, W) bool at the input image's size
     result.score  # [0, 1]: presence_score (sigmoid of the presence head, or mask confidence)
-    result.found  # score >= threshold
+    result.found  # score >= threshold, a non-empty mask, and a command the gate accepts
+    result.reason # why found is False when the score alone does not say ("" otherwise)
     result.bbox   # (x0, y0, x1, y1), x1/y1 exclusive, or None
     result.timings  # ms: preprocess, inference, postprocess, total
 
@@ -16,7 +17,12 @@ image size with OpenCV's bilinear resize (the same half-pixel sampling as torch'
 ``interpolate(mode="bilinear", align_corners=False)``, several times cheaper at 640×480 than
 a torch resize), then thresholds. When ``found`` is False the mask is cleared and ``bbox`` is
 None (``clear_mask_if_not_found``): a robot must not act on the mask of an object the model
-says is absent.
+says is absent. ``found`` never comes with an empty mask.
+
+The grounding-vocabulary gate (``grounding_vocabulary``: the words the model was trained on,
+read from the checkpoint) reports a command with no word the model can ground, or mostly unknown
+words, as not found with score 0 and a ``reason``, whatever the model's score (docs/inference.md,
+"Presence").
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from .backends import BACKENDS, InferenceBackend, check_precision, choose_backen
 from .export import (
     DEFAULT_OPSET, OnnxModelInfo, cached_low_precision_onnx, cached_onnx, cached_onnxruntime_fused_onnx, read_onnx_info,
 )
+from .grounding_vocabulary import GroundingGate, gate_for_checkpoint
 from .inputs import check_rgb_image
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,7 @@ class SegmentationResult:
     found: bool  # score >= the Segmenter's threshold
     bbox: Optional[tuple[int, int, int, int]]  # (x0, y0, x1, y1), x1/y1 exclusive; None if empty
     timings: dict[str, float] = field(default_factory=dict)  # ms: preprocess, inference, postprocess, total
+    reason: str = ""  # why found is False beyond the score: the gate's verdict, or an empty mask
 
     @property
     def area(self) -> int:
@@ -68,6 +76,7 @@ class SegmentationResult:
             "height": int(self.mask.shape[0]),
             "width": int(self.mask.shape[1]),
             "timings": dict(self.timings),
+            "reason": self.reason,
         }
 
 
@@ -209,8 +218,10 @@ class Segmenter:
             return cls.from_onnx(path, backend=backend, device=device, precision=precision, threshold=threshold, **options)
         from ..checkpoint import load_model
 
-        model, tokenizer, _ = load_model(path, map_location="cpu")
-        return cls(model, tokenizer, backend=backend, device=device, precision=precision, threshold=threshold, **options)
+        model, tokenizer, state = load_model(path, map_location="cpu")
+        seg = cls(model, tokenizer, backend=backend, device=device, precision=precision, threshold=threshold, **options)
+        seg.grounding_gate = gate_for_checkpoint(state, path)
+        return seg
 
     @classmethod
     def from_onnx(
@@ -309,6 +320,8 @@ class Segmenter:
         self.mask_threshold = float(mask_threshold)
         self._mask_logit = _logit(mask_threshold)
         self.clear_mask_if_not_found = clear_mask_if_not_found
+        # None: no gate (a model with no known vocabulary); from_checkpoint sets the checkpoint's
+        self.grounding_gate: Optional[GroundingGate] = None
         log.info("Segmenter ready: %s", backend.describe())
 
     # ---- properties -----------------------------------------------------------------------------
@@ -346,6 +359,8 @@ class Segmenter:
         logits, presence = self._infer(pixels, input_ids, attention_mask)
         t2 = time.perf_counter()
         results = self.postprocess(logits, presence, [im.shape[:2] for im in images])
+        if self.grounding_gate is not None:
+            results = self.grounding_gate.screen(texts, results)
         t3 = time.perf_counter()
         timings = {
             "preprocess": (t1 - t0) * 1e3,
@@ -394,7 +409,11 @@ class Segmenter:
                 mask = upsample_logits(logits[i, 0], h, w) > self._mask_logit  # (H, W)
             else:
                 mask = np.zeros((h, w), dtype=bool)
-            results.append(SegmentationResult(mask=mask, score=score, found=found, bbox=mask_bbox(mask)))
+            bbox = mask_bbox(mask)
+            reason = ""
+            if found and bbox is None:  # a score above threshold but no pixel above mask_threshold
+                found, reason = False, "empty mask"
+            results.append(SegmentationResult(mask=mask, score=score, found=found, bbox=bbox, reason=reason))
         return results
 
 

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data import collate
+from ..inference.grounding_vocabulary import GroundingVocabulary, training_vocabulary, vocabulary_from_checkpoint
 from .config import TrainingConfig
 from .distributed import (
     DistContext,
@@ -162,6 +163,7 @@ class Trainer:
         else:
             model_config = dataclasses.replace(config.model)  # the model fills in text_config
         self.model: nn.Module = CoupAlign(model_config).to(self.device)
+        self._inherited_vocabulary: Optional[GroundingVocabulary] = None  # the init_from model's
         if self._resume_state is None and cfg.init_from:
             self._init_weights_from(cfg.init_from)
         if self.ctx.is_distributed and self.device.type == "cuda":
@@ -234,6 +236,7 @@ class Trainer:
                 f"init_from needs the same model config up to loss weights and image_size"
             )
         self.model.load_state_dict(theirs)
+        self._inherited_vocabulary = vocabulary_from_checkpoint(state)
         if self.ctx.is_main:
             log.info("train.init_from: model weights from %s (step %s of that run)", path, state.get("step", "?"))
             if resampled:
@@ -267,6 +270,7 @@ class Trainer:
         common = dict(image_root=data.image_root, skip_missing_images=data.skip_missing_images, seed=cfg.seed)
         self.train_set = ReferDataset(data.data_root, data.dataset, data.split_by, data.train_split,
                                       transform=transform, sentences="random", **common)
+        self.grounding_vocabulary = training_vocabulary(self.train_set, self._inherited_vocabulary)
         self.val_set = None
         if data.val_split:
             self.val_set = ReferDataset(data.data_root, data.dataset, data.split_by, data.val_split,
@@ -325,6 +329,7 @@ class Trainer:
             world_size=self.ctx.world_size,
             global_batch_size=self.global_batch,
             train_config=self.config.to_dict(),
+            grounding_vocabulary=self.grounding_vocabulary.to_state(),
         )
 
     def save(self, name: str = "last.pt", rng: Optional[list[dict[str, Any]]] = None) -> Optional[Path]:
@@ -350,6 +355,7 @@ class Trainer:
         if diff and self.ctx.is_main:
             log.warning("config differs from the checkpoint's in %s", ", ".join(diff))
         self.model.load_state_dict(state["model"])
+        self.grounding_vocabulary = self.grounding_vocabulary.union(vocabulary_from_checkpoint(state))
         self.optimizer.load_state_dict(state["optimizer"])
         def schedule() -> tuple:
             sch = self.scheduler
