@@ -11,13 +11,18 @@ sentences of its world, so for text unlike anything it saw ("?!.,;:", an emoji, 
   characters dropped) are **neutral** (function words and the command words people wrap a
   description in: "the", "please", "pick up", "um"; :data:`NEUTRAL_WORDS`), **known** (in the
   vocabulary) or **unknown**.
-* The command is **rejected** when it has no known word, or when unknown words are at least
-  ``unknown_share_limit`` (half, by default) of its known and unknown words together.
+* The command is **rejected** when it has no known word, or when its share of unknown words (of its
+  known and unknown words together) is above ``max_unknown_share``. The default, 0, rejects any
+  unknown word: a typo ("the red circel"), a colour or a thing the world does not have ("the
+  crimson circle", "the red ball") or a garbled speech result must not make a robot move, and a
+  model cannot ground a word it never saw. ``max_unknown_share=0.49`` rejects only commands of
+  which at least half is unknown (then "the pink star on the left", one unknown word in three, is
+  the model's to reject).
 
 Rejected commands come back with ``found=False``, score 0, an empty mask and a ``reason`` the node
-or the CLI can log ("no word the model can ground", "mostly unknown words: pink, hexagon").
-Whatever passes the gate is still judged by the model's presence score: "the pink star on the
-left" (one unknown word in three) is the model's to reject.
+or the CLI can log ("no word the model can ground (no content words)", "unknown words: pink").
+Whatever passes the gate is still judged by the model's presence score ("the red star" when there
+is none).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from ..data.language.text import words as split_words
 
 log = logging.getLogger(__name__)
 
-DEFAULT_UNKNOWN_SHARE_LIMIT = 0.5
+DEFAULT_MAX_UNKNOWN_SHARE = 0.0  # any unknown word rejects (see the module docstring)
 
 # Function words: they carry no grounding and are never "unknown". Command words come from the
 # phrasing lists (data.language.phrasing), the held-out ones included: a user may say "bring me".
@@ -103,11 +108,11 @@ class GroundingGate:
     """:meth:`check` one command; :meth:`screen` a batch of Segmenter results (see the module docstring)."""
 
     vocabulary: GroundingVocabulary
-    unknown_share_limit: float = DEFAULT_UNKNOWN_SHARE_LIMIT
+    max_unknown_share: float = DEFAULT_MAX_UNKNOWN_SHARE
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.unknown_share_limit <= 1.0:
-            raise ValueError(f"unknown_share_limit must be in (0, 1], got {self.unknown_share_limit}")
+        if not 0.0 <= self.max_unknown_share < 1.0:
+            raise ValueError(f"max_unknown_share must be in [0, 1), got {self.max_unknown_share}")
 
     def check(self, text: str) -> GateVerdict:
         content = [w for w in split_words(text) if w not in NEUTRAL_WORDS]
@@ -116,8 +121,8 @@ class GroundingGate:
         if not known:
             what = f"unknown words: {', '.join(dict.fromkeys(unknown))}" if unknown else "no content words"
             return GateVerdict(False, f"no word the model can ground ({what})", known, unknown)
-        if len(unknown) >= self.unknown_share_limit * len(content):
-            return GateVerdict(False, f"mostly unknown words: {', '.join(dict.fromkeys(unknown))}", known, unknown)
+        if len(unknown) > self.max_unknown_share * len(content):
+            return GateVerdict(False, f"unknown words: {', '.join(dict.fromkeys(unknown))}", known, unknown)
         return GateVerdict(True, "", known, unknown)
 
     def screen(self, texts: Sequence[str], results: list[R]) -> list[R]:

@@ -20,9 +20,9 @@ None (``clear_mask_if_not_found``): a robot must not act on the mask of an objec
 says is absent. ``found`` never comes with an empty mask.
 
 The grounding-vocabulary gate (``grounding_vocabulary``: the words the model was trained on,
-read from the checkpoint) reports a command with no word the model can ground, or mostly unknown
-words, as not found with score 0 and a ``reason``, whatever the model's score (docs/inference.md,
-"Presence").
+read from the checkpoint) reports a command with no word the model can ground, or with words it
+was never trained on, as not found with score 0 and a ``reason``, whatever the model's score
+(docs/inference.md, "Presence").
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ TRAINING_MIX: dict[str, float] = {
     "unknown_color": 0.2, "unknown_category": 0.2, "other_scene": 0.14,
 }
 
+MADE_UP_COLOR_SHARE = 0.25  # of the training unknown_color negatives
+
 
 @dataclass(frozen=True)
 class WorldWords:
@@ -56,7 +58,12 @@ class WorldWords:
 # ---- word pools ---------------------------------------------------------------------------------
 _COLORS: dict[str, tuple[str, ...]] = {
     "train": ("pink", "brown", "black", "white", "grey", "gray", "cyan", "magenta", "teal", "gold", "silver",
-              "beige", "navy", "maroon", "violet", "turquoise"),
+              "beige", "navy", "maroon", "violet", "turquoise", "scarlet", "amber", "azure", "emerald", "rose",
+              "salmon", "mint", "plum", "ochre", "charcoal", "cream", "chocolate", "bronze", "copper", "lilac",
+              "mauve", "aqua", "jade", "ruby", "sapphire", "rust", "burgundy", "cobalt", "fuchsia", "mustard",
+              "sand", "slate", "cherry", "lemon", "pearl", "ebony", "auburn", "sienna", "saffron", "orchid",
+              "denim", "honey", "golden", "silvery", "pinkish", "brownish", "dark", "light", "pale", "striped",
+              "dotted", "shiny", "transparent"),
     "held_out": ("lime", "indigo", "crimson", "olive", "tan", "lavender", "peach", "coral", "khaki", "ivory"),
 }
 _CATEGORIES: dict[str, dict[str, str]] = {
@@ -227,7 +234,12 @@ def _other_scene(rng: np.random.Generator, pool: Pool, world: WorldWords) -> str
 
 def _swap_color(rng: np.random.Generator, world: WorldWords, sentences: Sequence[str], pool: Pool
                 ) -> tuple[str, Optional[str]]:
-    new = _choice(rng, _unknown(_COLORS[pool], world))
+    # In training, a made-up word in the colour's place now and then: the rule to learn is "not one
+    # of the world's colours", not a list of other colours.
+    if pool == "train" and rng.random() < MADE_UP_COLOR_SHARE:
+        new = _random_words(rng, world).split()[0]
+    else:
+        new = _choice(rng, _unknown(_COLORS[pool], world))
     with_color = [s for s in sentences if set(normalise(s).split()) & world.colors]
     if not with_color:
         category = _choice(rng, sorted(world.categories))
