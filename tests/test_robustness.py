@@ -48,6 +48,7 @@ OUT_OF_DOMAIN = [
     "?!.,;:", "...", "🙂", "👍🔥", "asdfgh qwerty", "zxcv", "\x00", "\u200b", "\xad", "\u200b\xad\x00",
     "the pink triangle", "the red hexagon", "le cercle rouge à gauche", "der rote Kreis links", "红色的圆",
     "the man in the blue shirt", "the dog on the left", "please please", "um",
+    "the circle that is not red", "the red or blue circle",  # words that change the meaning, never trained
 ]
 IN_DOMAIN = [
     "the red circle", "The second blue square from the left.", "big yellow star", "the disc that is small",

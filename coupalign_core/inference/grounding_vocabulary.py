@@ -41,12 +41,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UNKNOWN_SHARE = 0.0  # any unknown word rejects (see the module docstring)
 
-# Function words: they carry no grounding and are never "unknown". Command words come from the
-# phrasing lists (data.language.phrasing), the held-out ones included: a user may say "bring me".
+# Function words: they carry no grounding and are never "unknown". Words that change a description's
+# meaning ("not", "no", "or", "but") are not among them: a model that never saw them cannot honour them.
+# Command words come from the phrasing lists (data.language.phrasing), the held-out ones included: a
+# user may say "bring me".
 _FUNCTION_WORDS = frozenset("""
 a an the this that these those it its one ones thing things object objects item items of to in on at by for from
-with and or but is are was be been can could would will should shall may might must do does did have has had
-i me my you your we us our he she they them please thanks thank yes no not just also very really there here
+with and is are was be been can could would will should shall may might must do does did have has had
+i me my you your we us our he she they them please thanks thank yes just also very really there here
 what which who where whereis wheres whats thats theres its im id ill ive youre hey robot okay ok so now then well
 um uh er hmm erm uhh mm oh like
 """.split())
