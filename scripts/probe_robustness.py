@@ -234,6 +234,44 @@ def print_report(report: dict[str, Any]) -> None:
               f"gate-rejected {p['gate_rejected']}")
 
 
+def plot(reports: list[tuple[str, dict[str, Any]]], out: Path) -> None:
+    """Two panels: out-of-domain share found by kind (Segmenter and model alone) and oIoU of the same
+    refs per phrasing, one bar per report (e.g. the model before and after a fine-tune)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    kinds = list(reports[0][1]["out_of_domain"]["by_kind"])
+    variants = list(reports[0][1]["phrasing"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    bars = [(f"{name}: model alone", "found_model_alone", 0.35) for name, _ in reports] + \
+        [(f"{name}: Segmenter (gate)", "found", 1.0) for name, _ in reports]
+    width = 0.8 / len(bars)
+    x = np.arange(len(kinds))
+    for b, (label, key, alpha) in enumerate(bars):
+        report = reports[b % len(reports)][1]["out_of_domain"]["by_kind"]
+        ax1.bar(x + b * width, [100 * report[k][key] / report[k]["n"] for k in kinds], width, label=label,
+                alpha=alpha, color=f"C{b % len(reports)}")
+    ax1.set_xticks(x + width * (len(bars) - 1) / 2, [k.replace("_", "\n") for k in kinds], fontsize=8)
+    ax1.set_ylabel("% reported found")
+    ax1.axhline(5, color="k", lw=0.8, ls="--")
+    ax1.set_title("out-of-domain commands (held-out words)")
+    ax1.legend(fontsize=7)
+    x = np.arange(len(variants))
+    width = 0.8 / len(reports)
+    for b, (name, report) in enumerate(reports):
+        ax2.bar(x + b * width, [report["phrasing"][v]["oIoU"] for v in variants], width, label=name, color=f"C{b}")
+    ax2.set_xticks(x + width * (len(reports) - 1) / 2, [v.replace("_", "\n") for v in variants], fontsize=8)
+    ax2.set_ylabel("oIoU")
+    ax2.set_title("the same target refs, phrased")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -246,6 +284,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--plot", type=Path, help="write a bar chart here (PNG)")
+    parser.add_argument("--baseline", nargs=2, metavar=("NAME", "JSON"),
+                        help="another report to draw beside this one in --plot (e.g. the model before)")
+    parser.add_argument("--name", default="this model", help="this report's name in --plot")
     args = parser.parse_args(argv)
 
     import torch
@@ -260,6 +302,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.plot:
+        reports = [(args.baseline[0], json.loads(Path(args.baseline[1]).read_text()))] if args.baseline else []
+        plot(reports + [(args.name, report)], args.plot)
     return 0
 
 
