@@ -68,7 +68,8 @@ RELEASE_FORMAT = "coupalign-weights"
 RELEASE_VERSION = 1
 RELEASE_SUFFIX = ".safetensors"
 # The training summary a release keeps (no optimizer, scheduler, scaler or RNG state).
-TRAINING_SUMMARY_KEYS = ("step", "epoch", "best_oiou", "val_metrics", "global_batch_size", "train_config")
+TRAINING_SUMMARY_KEYS = ("step", "epoch", "best_oiou", "val_metrics", "global_batch_size", "train_config",
+                         "grounding_vocabulary")
 REQUIRED_KEYS = ("config", "tokenizer", "model")
 
 # Stale temp files: a file whose writer process is gone is removed once it has not changed for

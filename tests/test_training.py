@@ -355,7 +355,7 @@ def test_synthetic_configs_parse():
     assert config.model.image_size == 96 and config.train.max_minutes is not None
     assert config.data.dataset == "synthetic" and config.data.synthesize
     names = ("synthetic_shipped", "synthetic_shipped_stage2", "synthetic_shipped_stage3_gpu",
-             "synthetic_shipped_stage4", "synthetic_shipped_stage5")
+             "synthetic_shipped_stage4", "synthetic_shipped_stage5", "synthetic_shipped_stage6")
     stages = [TrainingConfig.load(REPO / "training" / "configs" / f"{name}.yaml") for name in names]
     arch = lambda m: {k: v for k, v in m.to_dict().items() if not k.endswith("loss_weight")}  # noqa: E731
     # each stage starts from the previous one's last checkpoint, with the same architecture;
@@ -363,7 +363,7 @@ def test_synthetic_configs_parse():
     for previous, stage in zip(stages, stages[1:]):
         assert stage.train.init_from == f"{previous.train.output_dir}/last.pt"
         assert {**arch(stage.model), "image_size": 0} == {**arch(previous.model), "image_size": 0}
-    assert [s.model.image_size for s in stages] == [96, 96, 128, 128, 128]
+    assert [s.model.image_size for s in stages] == [96, 96, 128, 128, 128, 128]
     # every stage sees a world of its own, and none is the scoring world (seed 777)
     seeds = [s.data.synthesize["seed"] for s in stages] + [777]
     assert len(set(seeds)) == len(seeds)
@@ -381,6 +381,7 @@ def test_every_shipped_config_resolves_through_its_base_chain():
         "synthetic_shipped_stage3_gpu.yaml": "synthetic_shipped_stage2.yaml",
         "synthetic_shipped_stage4.yaml": "synthetic_shipped_stage3_gpu.yaml",
         "synthetic_shipped_stage5.yaml": "synthetic_shipped_stage4.yaml",
+        "synthetic_shipped_stage6.yaml": "synthetic_shipped_stage5.yaml",
     }
     loaded = {name: TrainingConfig.load(configs / name) for name in bases}
     plus = loaded["refcocoplus_paper.yaml"]

@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, required=True, help="number of images over all splits")
     parser.add_argument("--no-target-fraction", type=float, default=DEFAULT_NO_TARGET_FRACTION,
                         help="expected share of refs naming something absent (empty mask; default %(default)s)")
+    parser.add_argument("--phrasing-fraction", type=float, default=0.0,
+                        help="share of sentences phrased as commands to a robot (default %(default)s)")
+    parser.add_argument("--ood-negative-fraction", type=float, default=0.0,
+                        help="expected share of refs that are out-of-domain no-target commands (default %(default)s)")
     parser.add_argument("--image-size", type=parse_size, default=DEFAULT_IMAGE_SIZE, metavar="WxH",
                         help="image width x height (default %dx%d)" % DEFAULT_IMAGE_SIZE)
     parser.add_argument("--workers", type=int, default=1,
@@ -60,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = generate(args.out, seed=args.seed, num_images=args.num_images, image_size=args.image_size,
                        no_target_fraction=args.no_target_fraction, overwrite=args.overwrite,
+                       phrasing_fraction=args.phrasing_fraction, ood_negative_fraction=args.ood_negative_fraction,
                        progress=not args.no_progress, workers=args.workers)
     print(format_summary(summary))
     return 0

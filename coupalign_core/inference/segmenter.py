@@ -6,7 +6,8 @@ This is the product's contract (the ROS node and the bag tools call it)::
     result = seg(image_rgb_uint8, "the red cup on the left")
     result.mask   # (H, W) bool at the input image's size
     result.score  # [0, 1]: presence_score (sigmoid of the presence head, or mask confidence)
-    result.found  # score >= seg.threshold and the mask has at least one pixel
+    result.found  # score >= seg.threshold, a non-empty mask, and a command the gate accepts
+    result.reason # why found is False when the score alone does not say ("" otherwise)
     result.bbox   # (x0, y0, x1, y1), x1/y1 exclusive, or None
     result.timings  # ms: preprocess, inference, postprocess, total
 
@@ -22,6 +23,11 @@ mask: when ``found`` is False the mask is cleared and ``bbox`` is None
 says is absent; and ``found`` is never True with an empty mask (a score above the threshold whose
 mask has no pixel above ``mask_threshold`` is reported not found). The ROS pipeline, the node and
 the bag tools read ``found``; none of them re-decides it.
+
+The grounding-vocabulary gate (``grounding_vocabulary``: the words the model was trained on,
+read from the checkpoint) reports a command with no word the model can ground, or with words it
+was never trained on, as not found with score 0 and a ``reason``, whatever the model's score
+(docs/inference.md, "Presence").
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from .export import (
     cached_onnxruntime_fused_onnx,
     read_onnx_info,
 )
+from .grounding_vocabulary import GroundingGate, gate_for_checkpoint
 from .inputs import check_rgb_image
 from .options import SegmenterOptions, check_threshold, resolve_options
 
@@ -73,6 +80,7 @@ class SegmentationResult:
     found: bool  # score >= the Segmenter's threshold and the mask is not empty
     bbox: Optional[tuple[int, int, int, int]]  # (x0, y0, x1, y1), x1/y1 exclusive; None if empty
     timings: dict[str, float] = field(default_factory=dict)  # ms: preprocess, inference, postprocess, total
+    reason: str = ""  # why found is False beyond the score: the gate's verdict, or an empty mask
 
     def __post_init__(self) -> None:
         if self.found and not np.any(self.mask):
@@ -93,6 +101,7 @@ class SegmentationResult:
             "height": int(self.mask.shape[0]),
             "width": int(self.mask.shape[1]),
             "timings": dict(self.timings),
+            "reason": self.reason,
         }
 
 
@@ -217,8 +226,10 @@ class Segmenter:
             return cls.from_onnx(path, options)
         from ..checkpoint import load_model
 
-        model, tokenizer, _ = load_model(path, map_location="cpu")
-        return cls(model, tokenizer, options)
+        model, tokenizer, state = load_model(path, map_location="cpu")
+        seg = cls(model, tokenizer, options)
+        seg.grounding_gate = gate_for_checkpoint(state, path)
+        return seg
 
     @classmethod
     def from_onnx(
@@ -305,6 +316,8 @@ class Segmenter:
         self.config = config
         self._options = options
         self._mask_logit = _logit(options.mask_threshold)
+        # None: no gate (a model with no known vocabulary); from_checkpoint sets the checkpoint's
+        self.grounding_gate: Optional[GroundingGate] = None
         log.info("Segmenter ready: %s", backend.describe())
 
     # ---- options and the decision they own ------------------------------------------------------
@@ -364,6 +377,8 @@ class Segmenter:
         logits, presence = self._infer(pixels, input_ids, attention_mask)
         t2 = time.perf_counter()
         results = self.postprocess(logits, presence, [(im.shape[0], im.shape[1]) for im in images])
+        if self.grounding_gate is not None:
+            results = self.grounding_gate.screen(texts, results)
         t3 = time.perf_counter()
         timings = {
             "preprocess": (t1 - t0) * 1e3,
@@ -415,9 +430,11 @@ class Segmenter:
                 mask = upsample_logits(logits[i, 0], h, w) > self._mask_logit  # (H, W)
             else:
                 mask = np.zeros((h, w), dtype=bool)
-            # No pixel above mask_threshold: nothing to act on, whatever the score says.
-            found = found and bool(mask.any())
-            results.append(SegmentationResult(mask=mask, score=score, found=found, bbox=mask_bbox(mask)))
+            bbox = mask_bbox(mask)
+            reason = ""
+            if found and bbox is None:  # a score above threshold but no pixel above mask_threshold
+                found, reason = False, "empty mask"
+            results.append(SegmentationResult(mask=mask, score=score, found=found, bbox=bbox, reason=reason))
         return results
 
 

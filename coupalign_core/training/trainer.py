@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from ..data import collate
+from ..inference.grounding_vocabulary import GroundingVocabulary, training_vocabulary, vocabulary_from_checkpoint
 from .config import TrainingConfig
 from .distributed import (
     DistContext,
@@ -217,6 +218,7 @@ class Trainer:
         else:
             model_config = dataclasses.replace(config.model)  # the model fills in text_config
         self.model: CoupAlign = CoupAlign(model_config).to(self.device)
+        self._inherited_vocabulary: Optional[GroundingVocabulary] = None  # the init_from model's
         if self._resume_state is None and config.train.init_from:
             self._init_weights_from(config.train.init_from)
         if self.ctx.is_distributed and self.device.type == "cuda":
@@ -258,6 +260,7 @@ class Trainer:
                 f"init_from needs the same model config up to loss weights and image_size"
             )
         self.model.load_state_dict(theirs)
+        self._inherited_vocabulary = vocabulary_from_checkpoint(state)
         if self.ctx.is_main:
             log.info("train.init_from: model weights from %s (step %s of that run)", path, state.get("step", "?"))
             if resampled:
@@ -289,6 +292,7 @@ class Trainer:
         transform = ReferTransform(self.model.config.image_size, self.tokenizer, self.model.config.max_tokens)
         # data.epoch_sentences sets the epoch's items; data.val_from_train, the validation set.
         self.train_set, self.val_set = build_datasets(data, transform, cfg.seed)
+        self.grounding_vocabulary = training_vocabulary(self.train_set, self._inherited_vocabulary)
         self.batch_size = cfg.per_process_batch(self.ctx.world_size)
         self.global_batch = self.batch_size * self.ctx.world_size * cfg.grad_accum
         self.sampler = ResumableDistributedSampler(
@@ -341,6 +345,7 @@ class Trainer:
             world_size=self.ctx.world_size,
             global_batch_size=self.global_batch,
             train_config=self.config.to_dict(),
+            grounding_vocabulary=self.grounding_vocabulary.to_state(),
         )
 
     def save(self, name: str = "last.pt", rng: Optional[list[dict[str, Any]]] = None) -> Optional[Path]:
@@ -366,6 +371,7 @@ class Trainer:
         if diff and self.ctx.is_main:
             log.warning("config differs from the checkpoint's in %s", ", ".join(diff))
         self.model.load_state_dict(state["model"])
+        self.grounding_vocabulary = self.grounding_vocabulary.union(vocabulary_from_checkpoint(state))
         self.optimizer.load_state_dict(state["optimizer"])
         def schedule() -> tuple:
             sch = self.scheduler

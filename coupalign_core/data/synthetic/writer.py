@@ -33,10 +33,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..language import LanguageAugmentation
 from ..refer import DEFAULT_IMAGE_DIRS, NO_TARGET_ANN_ID
 from ..refer_writer import mask_segmentation, refer_files, remove_refer_files, write_refer
 from . import expressions as ex
 from .render import render
+from .vocabulary import augment_specs
 from .world import (
     COLORS,
     MIN_VISIBLE_FRACTION,
@@ -117,7 +119,8 @@ def _ref_specs(rng: np.random.Generator, scene: Scene, image_id: int, extra_per_
     return specs
 
 
-def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: str, extra_per_ref: float) -> MadeImage:
+def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: str, extra_per_ref: float,
+                language: LanguageAugmentation = LanguageAugmentation()) -> MadeImage:
     """Image ``index`` of the world: writes its PNG, returns (image record, annotations, ref specs, stats).
 
     Depends only on ``(seed, index)``, so images can be made in any process; ref and sentence ids
@@ -140,7 +143,9 @@ def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: st
     stats["occluded_objects"] += sum(obj.occluded for obj in scene.objects)
     looks = collections.Counter((o.shape, o.color) for o in scene.objects)
     stats["images_with_3_alike"] += max(looks.values()) >= 3
-    return image, annotations, _ref_specs(rng, scene, image_id, extra_per_ref), stats
+    specs = augment_specs(seed, index, _ref_specs(rng, scene, image_id, extra_per_ref), language,
+                          no_target_ann_id=NO_TARGET_ANN_ID, category_ids=CATEGORY_IDS)
+    return image, annotations, specs, stats
 
 
 @dataclass
@@ -168,7 +173,7 @@ class _World:
                 self.num_sentences += 1
                 sentences.append({"sent_id": self.num_sentences, "raw": s["raw"], "sent": s["sent"],
                                   "tokens": s["sent"].split(), "kind": s["kind"], "no_target": s["no_target"],
-                                  "query": s["query"]})
+                                  "query": s["query"], **{k: s[k] for k in ("phrasing", "negative") if k in s}})
                 self.kinds[s["kind"]] += 1
             self.refs.append({
                 "ref_id": len(self.refs) + 1, "ann_id": spec["ann_id"], "image_id": image_id,
@@ -219,12 +224,15 @@ def _prepare_output(out_root: Path, overwrite: bool) -> Path:
     return image_dir
 
 
-def _world_info(seed: int, num_images: int, width: int, height: int, no_target_fraction: float) -> dict[str, Any]:
+def _world_info(seed: int, num_images: int, width: int, height: int, no_target_fraction: float,
+                language: LanguageAugmentation) -> dict[str, Any]:
     """instances.json's ``info``: how the world was made (the tests read margins from it)."""
     return {
         "description": "CoupAlign synthetic referring segmentation benchmark",
         "generator_version": GENERATOR_VERSION, "seed": int(seed), "num_images": int(num_images),
         "image_size": [width, height], "no_target_fraction": float(no_target_fraction),
+        "phrasing_fraction": float(language.phrasing_fraction),
+        "ood_negative_fraction": float(language.ood_negative_fraction),
         "split_profiles": {s: {"profile": p, "objects": PROFILES[p]} for s, p in SPLIT_PROFILES.items()},
         "position_margin": ex.POSITION_MARGIN, "distance_ratio": ex.DISTANCE_RATIO,
         "min_visible_fraction": MIN_VISIBLE_FRACTION, "size_scale": SIZE_SCALE, "colors": COLORS,
@@ -241,26 +249,33 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     workers: int = 1,
+    phrasing_fraction: float = 0.0,
+    ood_negative_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Writes ``num_images`` scenes with their refs under ``out_root``; returns a summary dict.
 
     ``image_size`` is (width, height). ``no_target_fraction`` is the expected share of refs that
     name something absent from their image (kind ``no_target``, empty mask, ``ann_id`` -1).
     ``workers`` > 1 renders images in that many processes (see the module docstring).
+    ``phrasing_fraction``: share of sentences phrased as commands people give robots;
+    ``ood_negative_fraction``: expected share of refs that are out-of-domain no-target commands
+    (kind ``out_of_domain``); both from ``coupalign_core.data.language``, drawn from a stream of
+    their own, so the scenes and plain sentences do not change with them.
     """
     width, height = (int(v) for v in image_size)
     _check_arguments(num_images, width, height, workers, no_target_fraction)
+    language = LanguageAugmentation(phrasing_fraction=phrasing_fraction, ood_negative_fraction=ood_negative_fraction)
     out_root = Path(out_root)
     image_dir = _prepare_output(out_root, overwrite)
     make = functools.partial(_make_image, seed=seed, width=width, height=height, image_dir=str(image_dir),
-                             extra_per_ref=no_target_fraction / (1.0 - no_target_fraction))
+                             extra_per_ref=no_target_fraction / (1.0 - no_target_fraction), language=language)
     world = _World()
     with _made_images(make, num_images, min(int(workers), num_images)) as made:
         for image in tqdm(made, total=num_images, desc="synth", unit="img", disable=not progress, dynamic_ncols=True):
             world.add(image)
 
     categories = [{"id": cid, "name": shape, "supercategory": "shape"} for shape, cid in CATEGORY_IDS.items()]
-    instances = {"info": _world_info(seed, num_images, width, height, no_target_fraction),
+    instances = {"info": _world_info(seed, num_images, width, height, no_target_fraction, language),
                  "images": world.images, "annotations": world.annotations, "categories": categories}
     inst_file, no_target_file, refs_file = write_refer(out_root, DATASET, SPLIT_BY, instances=instances,
                                                        refs=world.refs)
@@ -271,6 +286,6 @@ def generate(
         "instances_file": str(inst_file), "image_dir": str(image_dir),
         "seed": int(seed), "image_size": [width, height],
         "splits": {s: dict(c) for s, c in world.per_split.items()},
-        "kinds": {k: world.kinds[k] for k in ex.KINDS if world.kinds[k]},
+        "kinds": {k: world.kinds[k] for k in (*ex.KINDS, *sorted(set(world.kinds) - set(ex.KINDS))) if world.kinds[k]},
         **{k: int(v) for k, v in world.stats.items()},
     }
