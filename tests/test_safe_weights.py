@@ -206,7 +206,8 @@ def test_the_shipped_model_is_a_release():
     assert not list((REPO / "models").glob("*.pt"))
     state = read_checkpoint(REPO / "models" / "coupalign-synthetic.safetensors")
     assert state["format"] == "coupalign-weights" and state["config"]["presence_head"] is True
-    assert state["provenance"]["source"] == "runs/synthetic_shipped_stage5/last.pt"
+    assert state["provenance"]["source"] == "runs/synthetic_shipped_stage6/last.pt"
+    assert state["grounding_vocabulary"]["words"]  # the gate travels with the release
 
 
 def test_training_checkpoints_need_no_allow_list(tiny, tmp_path):
