@@ -14,10 +14,10 @@ Interfaces (names relative to the node):
   subscribes  image_topic (sensor_msgs/Image, or CompressedImage on <image_topic>/compressed),
               command_topic (std_msgs/String, reliable + transient local),
               depth_topic + camera_info_topic when depth_topic is set
-  publishes   ~/result (coupalign_interfaces/ReferringSegmentation), ~/mask (mono8),
+  publishes   ~/result (coupalign_ros/ReferringSegmentation), ~/mask (mono8),
               ~/overlay (rgb8, when publish_overlay or subscribed), ~/target_point
               (geometry_msgs/PointStamped, with depth), /diagnostics
-  service     ~/segment (coupalign_interfaces/srv/Segment)
+  service     ~/segment (coupalign_ros/srv/Segment)
 
 Everything that can be tested without ROS lives in conversions, pipeline, params, depth and
 loading; this module only moves data between them and rclpy.
@@ -34,8 +34,6 @@ from typing import Any, Optional
 
 import numpy as np
 import rclpy
-from coupalign_interfaces.msg import ReferringSegmentation
-from coupalign_interfaces.srv import Segment
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from geometry_msgs.msg import PointStamped
@@ -55,6 +53,8 @@ from coupalign_core.runtime.loading import ModelLoadError, load_segmenter, relea
 from coupalign_core.runtime.pipeline import CommandBook, Frame, Pipeline, SegmentationOutput
 
 from . import params as P
+from .msg import ReferringSegmentation
+from .srv import Segment
 
 _PARAMETER_TYPES = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces/ParameterType
 

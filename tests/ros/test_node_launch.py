@@ -1,7 +1,6 @@
 """The coupalign node on a real ROS 2: started through launch/coupalign.launch.py with launch_pytest.
 
-Needs rclpy, launch_pytest and a built and sourced workspace with coupalign_ros and
-coupalign_interfaces (docs/ros.md); without them (CI) the whole module is skipped. Each test
+Needs rclpy, launch_pytest and a built and sourced workspace with coupalign_ros (docs/ros.md); without them (CI) the whole module is skipped. Each test
 builds a tiny random CoupAlign checkpoint (CPU, torch backend), launches the node with it, talks
 to it as a client would and checks the outputs:
 
@@ -31,12 +30,11 @@ from ament_index_python.packages import PackageNotFoundError, get_package_share_
 
 try:
     SHARE = Path(get_package_share_directory("coupalign_ros"))
-    get_package_share_directory("coupalign_interfaces")
 except PackageNotFoundError:  # pragma: no cover - depends on the machine
-    pytest.skip("coupalign_ros/coupalign_interfaces are not built and sourced (docs/ros.md)", allow_module_level=True)
+    pytest.skip("coupalign_ros is not built and sourced (docs/ros.md)", allow_module_level=True)
 
-from coupalign_interfaces.msg import ReferringSegmentation  # noqa: E402
-from coupalign_interfaces.srv import Segment  # noqa: E402
+from coupalign_ros.msg import ReferringSegmentation  # noqa: E402
+from coupalign_ros.srv import Segment  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PointStamped  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
