@@ -459,3 +459,22 @@ def test_the_command_is_tokenised_once_not_every_frame():
         seg.preprocess([image, image], ["the red cup", "  "])
     seg.tokenizer = plain  # another tokenizer: nothing cached for it yet
     np.testing.assert_array_equal(seg.preprocess([image], ["the red cup"])[1], expected_ids[:1])
+
+
+def test_pre_processing_resize_is_opencvs_area_average_when_shrinking():
+    """resize_image (training and inference) averages pixel areas when it shrinks more than 2x:
+    OpenCV's INTER_AREA, computed in two passes when the width shrinks by a whole number."""
+    import cv2
+
+    from coupalign_core.data.transforms import resize_image
+
+    rng = np.random.default_rng(5)
+    for width, height in ((640, 480), (1280, 720), (1000, 700)):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 1.5)
+        ours = resize_image(image, 128).astype(int)
+        area = cv2.resize(image, (128, 128), interpolation=cv2.INTER_AREA).astype(int)
+        assert ours.shape == (128, 128, 3) and np.abs(ours - area).max() <= 1  # float rounding at most
+        assert (ours != area).mean() < 0.01
+    small = rng.integers(0, 256, (144, 192, 3), dtype=np.uint8)  # the synthetic benchmark's size: bilinear
+    np.testing.assert_array_equal(resize_image(small, 128),
+                                  cv2.resize(small, (128, 128), interpolation=cv2.INTER_LINEAR))
