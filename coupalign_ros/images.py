@@ -44,15 +44,39 @@ def cv_bridge_reads(msg: Any) -> bool:
     return int(msg.step) % (channels * dtype.itemsize) == 0
 
 
+def working_bridge() -> tuple[Optional[Any], str]:
+    """A CvBridge that converted a test image, or None and why not.
+
+    cv_bridge imports its compiled part only when it converts, and that part is built for one
+    NumPy (a NumPy 1 build fails under NumPy 2); with OpenCV 5 its Python part fails too. Trying one
+    1x1 bgr8 image at start-up keeps such a setup from rejecting every camera frame.
+    """
+    if CvBridge is None:
+        return None, "cv_bridge is not installed"
+    try:
+        bridge = CvBridge()
+        probe = bridge.cv2_to_imgmsg(np.zeros((1, 1, 3), np.uint8), encoding="bgr8")
+        if bridge.imgmsg_to_cv2(probe, desired_encoding="rgb8").shape != (1, 1, 3):
+            return None, "cv_bridge returned a wrong shape for a test image"
+    except Exception as e:  # ImportError of the compiled part, OpenCV 5's KeyError, ...
+        return None, f"cv_bridge does not work here ({type(e).__name__}: {e})"
+    return bridge, ""
+
+
 class ImageConverter:
     """Converts ``sensor_msgs/Image`` and ``CompressedImage`` messages to RGB arrays.
 
-    ``use_cv_bridge`` False (or cv_bridge not installed) converts everything with the project's
-    own code; :attr:`name` says which is in use (the node logs it and reports it on /diagnostics).
+    ``use_cv_bridge`` False, or a cv_bridge that is missing or fails its start-up test
+    (:func:`working_bridge`, the reason in :attr:`fallback_reason`), converts everything with the
+    project's own code; :attr:`name` says which is in use (the node logs it and reports it on
+    /diagnostics).
     """
 
     def __init__(self, use_cv_bridge: bool = True):
-        self.bridge: Optional[Any] = CvBridge() if use_cv_bridge and CvBridge is not None else None
+        self.bridge: Optional[Any] = None
+        self.fallback_reason = "not asked to use cv_bridge"
+        if use_cv_bridge:
+            self.bridge, self.fallback_reason = working_bridge()
 
     @property
     def name(self) -> str:

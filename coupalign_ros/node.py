@@ -237,6 +237,8 @@ class CoupAlignNode(LifecycleNode):
             log=self._log,
         )
         self._lost_images = 0
+        if self._images.bridge is None:
+            self.get_logger().info(f"images converted without cv_bridge: {self._images.fallback_reason}")
         self._create_interfaces(values)
         self.get_logger().info(
             f"configured: {self._describe()}; image {self._image_topic(values)} "

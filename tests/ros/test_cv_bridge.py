@@ -51,7 +51,7 @@ def pixels_for(encoding: str, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def converter() -> ImageConverter:
     converter = ImageConverter()
-    assert converter.name == "cv_bridge"
+    assert converter.name == "cv_bridge", converter.fallback_reason  # it passed its start-up test
     return converter
 
 
@@ -67,6 +67,7 @@ def test_cv_bridge_and_the_ros_free_converter_agree_byte_for_byte(converter, enc
         assert ours.shape == (H, W, 3) and ours.dtype == np.uint8
         node = converter.image(msg)
         assert node.tobytes() == ours.tobytes(), (encoding, pad)
+        assert ImageConverter(use_cv_bridge=False).image(msg).tobytes() == ours.tobytes()
         if pad % pixel_bytes == 0:  # what cv_bridge reads: compare with it directly
             assert cv_bridge_reads(msg)
             direct = bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
