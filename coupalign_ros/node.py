@@ -8,39 +8,44 @@ Lifecycle: configure loads the model and creates the ROS interfaces (a missing o
 model fails the transition with the reason in the log); activate starts the inference worker;
 deactivate stops it and frees GPU memory (the model is reloaded on the next activate); cleanup
 and shutdown drop everything. Commands are recorded from configure on, so a latched command that
-arrives before activate is not lost.
+arrives before activate is not lost. /diagnostics reports the lifecycle state, finalized included.
 
-Interfaces (names relative to the node):
+Interfaces (names relative to the node; docs/ros.md has the QoS of each):
   subscribes  image_topic (sensor_msgs/Image, or CompressedImage on <image_topic>/compressed),
-              command_topic (std_msgs/String, reliable + transient local),
+              command_topic (std_msgs/String) twice: reliable + volatile, which every publisher
+              matches, and reliable + transient local, which receives a latched command sent
+              before the node started; a message both deliver is one command (CommandBook),
               depth_topic + camera_info_topic when depth_topic is set
-  publishes   ~/result (coupalign_interfaces/ReferringSegmentation), ~/mask (mono8),
+  publishes   ~/result (coupalign_ros/ReferringSegmentation), ~/mask (mono8),
               ~/overlay (rgb8, when publish_overlay or subscribed), ~/target_point
               (geometry_msgs/PointStamped, with depth), /diagnostics
-  service     ~/segment (coupalign_interfaces/srv/Segment)
+  service     ~/segment (coupalign_ros/srv/Segment)
 
-Everything that can be tested without ROS lives in conversions, pipeline, params, depth and
-loading; this module only moves data between them and rclpy.
+Camera messages are checked as they arrive (constant time) and wait unconverted in the pipeline's
+newest-frame slot; the worker converts the one it processes (cv_bridge where installed, see
+images.py). Everything that can be tested without ROS lives in conversions, pipeline, params,
+depth and loading; this module only moves data between them and rclpy.
 """
 
 from __future__ import annotations
 
 import array
 import collections
+import functools
 import logging
 import sys
 import threading
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 import numpy as np
 import rclpy
-from coupalign_interfaces.msg import ReferringSegmentation
-from coupalign_interfaces.srv import Segment
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -49,18 +54,50 @@ from std_msgs.msg import Header, String
 
 from coupalign_core.inference.options import SegmenterOptions
 from coupalign_core.inference.segmenter import Segmenter
-from coupalign_core.runtime.conversions import ImageFields, compressed_to_rgb, image_to_rgb, rgb_to_image_fields
+from coupalign_core.runtime.conversions import (
+    ImageFields,
+    check_compressed_format,
+    check_image_fields,
+    mask_to_mono8_buffer,
+    rgb_to_image_fields,
+)
 from coupalign_core.runtime.depth import depth_to_meters, mask_centroid_3d
 from coupalign_core.runtime.loading import ModelLoadError, load_segmenter, release_accelerator_memory
-from coupalign_core.runtime.pipeline import CommandBook, Frame, Pipeline, SegmentationOutput
+from coupalign_core.runtime.pipeline import AnyFrame, CommandBook, PendingFrame, Pipeline, SegmentationOutput
 
 from . import params as P
+from .images import ImageConverter
+from .msg import ReferringSegmentation
+from .srv import Segment
 
 _PARAMETER_TYPES = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces/ParameterType
+IMAGE_SILENCE_S = 5.0  # an active node with image publishers but no image this long reports it
 
 
 def _stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def command_qos(durability: DurabilityPolicy) -> QoSProfile:
+    """Reliable, keep last 10, ``durability``: the node's two command subscriptions.
+
+    Depth 10, not 1: `ros2 bag play` (or a burst from a speech front end) can deliver two commands
+    before the callback runs; the command book decides which applies.
+    """
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=durability)
+
+
+def command_source_key(msg: String, info: Any) -> Optional[tuple[int, Optional[int], str]]:
+    """The identity of one published command, the same whichever subscription delivered it.
+
+    The writer's source timestamp (and sequence number where the middleware gives one) with the
+    text; None when the middleware reports no timestamp (then nothing is de-duplicated).
+    """
+    stamp = int(info.get("source_timestamp") or 0) if isinstance(info, dict) else 0
+    if stamp <= 0:
+        return None
+    return stamp, info.get("publication_sequence_number"), msg.data
 
 
 def _fill_image(msg: Image, fields: ImageFields, header) -> Image:
@@ -102,7 +139,13 @@ class CoupAlignNode(LifecycleNode):
         self._segmenter: Optional[Segmenter] = None
         self._config: dict[str, Any] = {}
         self._active = False
-        self._latest: Optional[Frame] = None  # for ~/segment without an image
+        self._lifecycle = "unconfigured"  # the state each transition callback leads to (diagnostics)
+        self._images = ImageConverter()
+        self._latest: Optional[PendingFrame] = None  # for ~/segment without an image
+        self._lost_images = 0  # image samples the middleware reports lost (not every middleware does)
+        # monotonic time of the last camera message (or of activation): a silent topic with publishers
+        # is reported, since a best-effort frame lost in transport leaves no other trace
+        self._image_seen_s = 0.0
         self._depth: collections.deque = collections.deque(maxlen=8)  # (stamp_ns, meters, frame_id)
         self._camera_k: Optional[np.ndarray] = None
         self._lock = threading.Lock()
@@ -161,7 +204,15 @@ class CoupAlignNode(LifecycleNode):
             logger.info(message)
 
     # ---- lifecycle --------------------------------------------------------------------------
+    def _lead_to(self, result: TransitionCallbackReturn, success: str, failure: str) -> TransitionCallbackReturn:
+        """Record the state ``result`` leads to (rcl's default state machine) and return it."""
+        self._lifecycle = success if result == TransitionCallbackReturn.SUCCESS else failure
+        return result
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._lead_to(self._configure(), "inactive", "unconfigured")
+
+    def _configure(self) -> TransitionCallbackReturn:
         values = self._values()
         problem = P.configure_problem(values)
         if problem is not None:
@@ -185,14 +236,25 @@ class CoupAlignNode(LifecycleNode):
             max_rate_hz=values["max_rate_hz"],
             log=self._log,
         )
+        self._lost_images = 0
+        if self._images.bridge is None:
+            self.get_logger().info(f"images converted without cv_bridge: {self._images.fallback_reason}")
         self._create_interfaces(values)
         self.get_logger().info(
             f"configured: {self._describe()}; image {self._image_topic(values)} "
-            f"({values['image_transport']}, {values['image_reliability']}), command {values['command_topic']}"
+            f"({values['image_transport']}, {values['image_reliability']}, converted by {self._images.name}), "
+            f"command {values['command_topic']} (reliable; volatile and transient local)"
         )
+        if values["image_reliability"] == "best_effort" and values["image_transport"] == "raw":
+            self.get_logger().info(
+                "best-effort raw images: frames over about 1 MB (larger than 640x480 rgb8) can be lost in transport "
+                "(docs/ros.md: camera sizes); image_reliability:=reliable or image_transport:=compressed for those")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._lead_to(self._activate(state), "active", "inactive")
+
+    def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         pipeline = self._pipeline
         if pipeline is None:  # lifecycle allows activate only after a successful configure
             return TransitionCallbackReturn.FAILURE
@@ -206,32 +268,34 @@ class CoupAlignNode(LifecycleNode):
             pipeline.set_segmenter(self._segmenter)
         pipeline.start()
         self._active = True
+        self._image_seen_s = time.monotonic()
         self.get_logger().info("active: segmenting camera frames")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing(free_model=self._config.get("device", "cpu").startswith("cuda"))
         self.get_logger().info("inactive: processing stopped")
-        return super().on_deactivate(state)
+        return self._lead_to(super().on_deactivate(state), "inactive", "active")
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing(free_model=True)
         self._destroy_interfaces()
         self._pipeline = None
-        return super().on_cleanup(state)
+        return self._lead_to(super().on_cleanup(state), "unconfigured", "inactive")
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing(free_model=True)
         self._destroy_interfaces()
         self._pipeline = None
-        return super().on_shutdown(state)
+        self.get_logger().info("finalized: the node no longer segments; start it again to use it")
+        return self._lead_to(super().on_shutdown(state), "finalized", "finalized")
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().error(f"error while in {state.label}: dropping the model and interfaces")
         self._stop_processing(free_model=True)
         self._destroy_interfaces()
         self._pipeline = None
-        return TransitionCallbackReturn.SUCCESS
+        return self._lead_to(TransitionCallbackReturn.SUCCESS, "unconfigured", "finalized")
 
     def _load(self, values: dict[str, Any]) -> Segmenter:
         """The Segmenter of ``values``' model, with the threshold parameter's current value."""
@@ -267,16 +331,25 @@ class CoupAlignNode(LifecycleNode):
                        else ReliabilityPolicy.BEST_EFFORT)
         image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability,
                                durability=DurabilityPolicy.VOLATILE)
-        # Depth 10, not 1: `ros2 bag play` (or a burst from a speech front end) can deliver two
-        # commands before the callback runs; the pipeline's command book decides which applies.
-        command_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        image_events = SubscriptionEventCallbacks(message_lost=self._on_image_lost)
         if values["image_transport"] == "compressed":
             self._subs.append(self.create_subscription(CompressedImage, self._image_topic(values),
-                                                       self._on_compressed, image_qos))
+                                                       self._on_compressed, image_qos, event_callbacks=image_events))
         else:
-            self._subs.append(self.create_subscription(Image, values["image_topic"], self._on_image, image_qos))
-        self._subs.append(self.create_subscription(String, values["command_topic"], self._on_command, command_qos))
+            self._subs.append(self.create_subscription(Image, values["image_topic"], self._on_image, image_qos,
+                                                       event_callbacks=image_events))
+        # Commands from any publisher: the volatile subscription matches every reliable publisher
+        # (default QoS, `ros2 topic pub`, speech nodes); the transient-local one gets the last
+        # latched command when the node starts after it was sent. A volatile publisher is
+        # incompatible with the second by design, so that event is only logged at debug level.
+        commands = MutuallyExclusiveCallbackGroup()  # one de-duplication at a time
+        self._subs.append(self.create_subscription(
+            String, values["command_topic"], self._on_command, command_qos(DurabilityPolicy.VOLATILE),
+            callback_group=commands))
+        self._subs.append(self.create_subscription(
+            String, values["command_topic"], self._on_command, command_qos(DurabilityPolicy.TRANSIENT_LOCAL),
+            callback_group=commands,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_volatile_command_publisher)))
         if values["depth_topic"]:
             self._subs.append(self.create_subscription(Image, values["depth_topic"], self._on_depth, image_qos))
             self._subs.append(self.create_subscription(CameraInfo, values["camera_info_topic"],
@@ -305,35 +378,74 @@ class CoupAlignNode(LifecycleNode):
 
     # ---- callbacks (executor threads); no exception may escape --------------------------------
     def _on_image(self, msg: Image) -> None:
-        self._accept_frame(msg.header, lambda: image_to_rgb(msg))
+        self._accept_frame(msg, check_image_fields, self._images.image)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._accept_frame(msg.header, lambda: compressed_to_rgb(msg.format, msg.data))
+        self._accept_frame(msg, _check_compressed, self._images.compressed)
 
-    def _accept_frame(self, header, convert) -> None:
+    def _accept_frame(self, msg: Any, check: Callable[[Any], None], convert: Callable[[Any], np.ndarray]) -> None:
+        """Check the message's fields now (constant time); the worker converts it if it is processed."""
         pipeline = self._pipeline
         if pipeline is None:
             return
         try:
-            image = convert()
+            check(msg)
         except ValueError as e:
             pipeline.reject("image", str(e))
             return
         except Exception as e:  # anything else a broken message can trigger
             pipeline.reject("image", f"{type(e).__name__}: {e}")
             return
-        frame = Frame(image, _stamp_ns(header), header.frame_id, header)
+        self._image_seen_s = time.monotonic()
+        header = msg.header
+        frame = PendingFrame(functools.partial(convert, msg), _stamp_ns(header), header.frame_id, header)
         with self._lock:
             self._latest = frame
         if self._active:
             pipeline.submit(frame)
 
-    def _on_command(self, msg: String) -> None:
+    def _on_image_lost(self, info: Any) -> None:
+        """The middleware lost image samples (best effort: a large frame loses a fragment)."""
+        count = int(getattr(info, "total_count_change", 0) or 0)
+        self._lost_images += count
+        pipeline = self._pipeline
+        if pipeline is not None and count > 0:
+            pipeline.log("image_lost", logging.WARNING,
+                         f"{count} image message(s) lost in transport ({self._lost_images} so far); with "
+                         f"best-effort QoS large frames often never arrive: set image_reliability:=reliable "
+                         f"or use image_transport:=compressed (docs/ros.md)")
+
+    def _silent_image_topic(self) -> Optional[str]:
+        """Why no camera message arrived for IMAGE_SILENCE_S while publishers are on the topic, or None.
+
+        A raw frame that is too large for best-effort delivery is dropped by the middleware without
+        a trace (Cyclone DDS reports no lost sample); this is how the node notices.
+        """
+        if not self._active or time.monotonic() - self._image_seen_s < IMAGE_SILENCE_S:
+            return None
+        topic = self._image_topic(self._config)
+        publishers = self.get_publishers_info_by_topic(topic)
+        if not publishers:
+            return None
+        reliable = sum(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers)
+        advice = ("set image_reliability:=reliable (the publishers are reliable)"
+                  if reliable == len(publishers) and self._config.get("image_reliability") != "reliable"
+                  else "use image_transport:=compressed or smaller frames")
+        return (f"{len(publishers)} publisher(s) on {topic} but no image for {IMAGE_SILENCE_S:g} s; if the camera "
+                f"is publishing, its frames are probably lost in transport (best-effort QoS drops frames larger "
+                f"than about 1 MB, docs/ros.md): {advice}")
+
+    def _on_volatile_command_publisher(self, info: Any) -> None:
+        self.get_logger().debug("a volatile command publisher cannot serve the transient-local subscription; "
+                                "the volatile subscription receives its commands")
+
+    def _on_command(self, msg: String, info: Any) -> None:  # two arguments: rclpy passes the MessageInfo
         pipeline = self._pipeline
         if pipeline is None:
             return
         now = self.get_clock().now().nanoseconds
-        pipeline.set_command(msg.data, arrival_ns=now, immediate=bool(self.get_parameter("command_immediate").value))
+        pipeline.set_command(msg.data, arrival_ns=now, immediate=bool(self.get_parameter("command_immediate").value),
+                             source_key=command_source_key(msg, info))
 
     def _on_depth(self, msg: Image) -> None:
         try:
@@ -355,14 +467,18 @@ class CoupAlignNode(LifecycleNode):
 
     # ---- outputs (worker thread) ------------------------------------------------------------
     def _result_message(self, output: SegmentationOutput, header) -> ReferringSegmentation:
-        values = output.message_fields()
+        values = output.message_fields(mask=False)
         msg = ReferringSegmentation()
         msg.header = header
         msg.command, msg.command_id = values["command"], values["command_id"]
         msg.found, msg.score = values["found"], values["score"]
         x, y, w, h = values["bbox"]
         msg.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
-        _fill_image(msg.mask, values["mask"], header)
+        mask = msg.mask
+        mask.header = header
+        mask.height, mask.width = output.result.mask.shape
+        mask.encoding, mask.is_bigendian, mask.step = "mono8", 0, mask.width
+        mask.data = mask_to_mono8_buffer(output.result.mask)  # written once, in rclpy's own storage
         msg.latency_ms = values["latency_ms"]
         return msg
 
@@ -413,11 +529,13 @@ class CoupAlignNode(LifecycleNode):
         if pipeline is None or not self._active or pipeline.segment is None:
             response.message = "the node is not active (configure and activate it first)"
             return response
-        frame: Optional[Frame]
+        frame: Optional[AnyFrame]
         if request.image.width > 0 and request.image.height > 0:
+            image = request.image
             try:
-                frame = Frame(image_to_rgb(request.image), _stamp_ns(request.image.header),
-                              request.image.header.frame_id, request.image.header)
+                check_image_fields(image)
+                frame = pipeline.convert(PendingFrame(functools.partial(self._images.image, image),
+                                                      _stamp_ns(image.header), image.header.frame_id, image.header))
             except ValueError as e:
                 pipeline.reject("service", str(e))
                 response.message = f"bad request image: {e}"
@@ -445,13 +563,16 @@ class CoupAlignNode(LifecycleNode):
     # ---- diagnostics --------------------------------------------------------------------------
     def _diagnose(self, stat: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
         pipeline = self._pipeline
-        state = "active" if self._active else ("inactive" if pipeline is not None else "unconfigured")
+        state = self._lifecycle
         stat.add("state", state)
+        stat.add("image_conversion", self._images.name)
         if pipeline is None:
-            if self._load_error:
+            if state == "finalized":
+                stat.summary(DiagnosticStatus.OK, "finalized (shut down; start the node again to use it)")
+            elif self._load_error:
                 stat.summary(DiagnosticStatus.ERROR, f"not configured: {self._load_error}")
             else:
-                stat.summary(DiagnosticStatus.OK, "unconfigured")
+                stat.summary(DiagnosticStatus.OK, state)
             return stat
         snap = pipeline.stats.snapshot()
         command = pipeline.commands.latest
@@ -469,19 +590,34 @@ class CoupAlignNode(LifecycleNode):
         stat.add("frames_dropped", str(sum(snap["dropped"].values())))
         for reason, count in sorted(snap["dropped"].items()):
             stat.add(f"dropped_{reason}", str(count))
+        stat.add("images_lost_in_transport", str(self._lost_images))
+        silence = self._silent_image_topic()
+        if silence is not None:
+            pipeline.log("image_silence", logging.WARNING, silence)
         stat.add("messages_rejected", str(sum(snap["rejected"].values())))
         for reason, count in sorted(snap["rejected"].items()):
             stat.add(f"rejected_{reason}", str(count))
         stat.add("errors", str(snap["errors"]))
         if snap["errors"]:
             stat.summary(DiagnosticStatus.WARN, f"{snap['errors']} segmentation errors; see the log")
+        elif silence is not None:
+            stat.summary(DiagnosticStatus.WARN, silence)
+        elif self._lost_images and self._active and not snap["processed"]:
+            stat.summary(DiagnosticStatus.WARN, f"{self._lost_images} images lost in transport and none processed: "
+                                                "best-effort QoS drops large frames (image_reliability:=reliable)")
         elif not self._active:
-            stat.summary(DiagnosticStatus.OK, "inactive")
+            stat.summary(DiagnosticStatus.OK, state)
         elif command is None:
             stat.summary(DiagnosticStatus.OK, "active, waiting for a command")
         else:
             stat.summary(DiagnosticStatus.OK, f"active, {snap['rate_hz']:.1f} Hz")
         return stat
+
+
+def _check_compressed(msg: CompressedImage) -> None:
+    check_compressed_format(msg.format)
+    if len(msg.data) == 0:
+        raise ValueError(f"empty compressed image data (format {msg.format!r})")
 
 
 def main(args: Optional[list[str]] = None) -> int:

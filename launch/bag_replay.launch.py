@@ -56,6 +56,6 @@ def generate_launch_description() -> LaunchDescription:
              "--rate", LaunchConfiguration("rate")],
         output="screen",
     )
-    start_play = RegisterEventHandler(OnStateTransition(goal_state="active", entities=[
-        LogInfo(msg="coupalign active; playing the bag"), play]))
+    start_play = RegisterEventHandler(OnStateTransition(goal_state="active", handle_once=True, entities=[
+        LogInfo(msg="coupalign active; playing the bag"), play]))  # once: a later re-activation plays nothing
     return LaunchDescription(args + [node, start_play])

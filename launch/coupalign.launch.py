@@ -7,7 +7,14 @@
 Defaults come from params_file (config/coupalign.yaml); a node-parameter argument left empty
 keeps the file's value, a given one overrides it after being converted to the parameter's type
 (true/false, numbers; never eval()). With autostart:=false the node waits unconfigured for
-`ros2 lifecycle set <node> configure` / `activate`.
+`ros2 lifecycle set <node> configure` / `activate`. With autostart:=true the launch configures the
+node once and activates it once that first configure succeeds; every later transition is the
+user's (a manual cleanup + configure is not re-activated).
+
+Image QoS: raw frames over best effort (the default, what camera drivers publish) arrive only if
+the middleware delivers a whole frame in one burst; the launch prints the choice and what it means
+(docs/ros.md, "Camera sizes and image QoS"): image_reliability:=reliable or
+image_transport:=compressed for large frames.
 """
 
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
@@ -19,7 +26,7 @@ from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
-from coupalign_ros.params import SPECS
+from coupalign_ros.params import SPECS, load_yaml_defaults
 from launch import LaunchDescription
 
 # node parameters exposed as launch arguments (empty = keep params_file's value)
@@ -75,21 +82,49 @@ def _launch_node(context):
         output="screen",
         emulate_tty=True,
     )
-    actions = [node]
+    actions = [LogInfo(msg=_image_qos_note(get, overrides)), node]
     if _as_bool(get("autostart")):
-        # configure now; activate once configure succeeded (start_state 'configuring', so a later
-        # manual deactivate is not undone)
+        # Configure now, and activate when that configure (the first one: handle_once) succeeds.
+        # Later transitions are the user's: a manual cleanup + configure is not activated again.
         actions.append(RegisterEventHandler(OnStateTransition(
-            target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
-            entities=[
-                LogInfo(msg="coupalign configured; activating"),
-                EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
-                                            transition_id=Transition.TRANSITION_ACTIVATE)),
-            ],
+            target_lifecycle_node=node, start_state="configuring", handle_once=True,
+            entities=[OpaqueFunction(function=_activate_if_configured, args=[node])],
         )))
         actions.append(EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                                    transition_id=Transition.TRANSITION_CONFIGURE)))
     return actions
+
+
+def _activate_if_configured(context, node: LifecycleNode):
+    """After autostart's configure: activate if it succeeded, else leave the node to the user."""
+    if context.locals.event.goal_state != "inactive":
+        return [LogInfo(msg="coupalign: configure failed (see the node's log); not activating. Fix the "
+                            "parameters and run `ros2 lifecycle set <node> configure` and `activate`")]
+    return [
+        LogInfo(msg="coupalign configured; activating (autostart, once)"),
+        EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                    transition_id=Transition.TRANSITION_ACTIVATE)),
+    ]
+
+
+def _image_qos_note(get, overrides) -> str:
+    """One line on the image QoS the node will use and the camera sizes it suits (docs/ros.md)."""
+    reliability = overrides.get("image_reliability") or _file_value(get("params_file"), "image_reliability")
+    transport = overrides.get("image_transport") or _file_value(get("params_file"), "image_transport")
+    text = f"coupalign image QoS: {transport or 'raw'} images, {reliability or 'best_effort'}"
+    if (reliability or "best_effort") == "best_effort" and (transport or "raw") == "raw":
+        text += (" (raw frames over about 1 MB, i.e. larger than 640x480 rgb8, can be lost over best effort; "
+                 "for larger cameras image_reliability:=reliable or image_transport:=compressed; docs/ros.md)")
+    return text
+
+
+def _file_value(params_file: str, name: str) -> str:
+    """A parameter's value in params_file ('' when the file does not set it)."""
+    try:
+        values = load_yaml_defaults(params_file)
+    except (OSError, ValueError):
+        return ""
+    return str(values.get(name, ""))
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -107,7 +142,8 @@ def generate_launch_description() -> LaunchDescription:
     for name in NODE_ARGUMENTS:
         spec = SPECS[name]
         args.append(DeclareLaunchArgument(
-            name, default_value="", description=f"{spec.description} (empty: params_file's value)"))
+            name, default_value="", description=f"{spec.description} (empty: params_file's value)",
+            **({"choices": ["", *spec.choices]} if spec.choices else {})))
     for arg, topic in OUTPUT_REMAPS.items():
         args.append(DeclareLaunchArgument(arg, default_value="", description=f"remap {topic} to this topic"))
     return LaunchDescription(args + [OpaqueFunction(function=_launch_node)])

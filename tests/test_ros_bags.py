@@ -165,8 +165,8 @@ def test_interfaces_load_into_the_rosbags_typestore(distro):
     ts = bags.make_typestore(distro)
     fields = [name for name, _ in ts.get_msgdef(bags.RESULT_TYPE).fields]
     assert fields == ["header", "command", "command_id", "found", "score", "bbox", "mask", "latency_ms"]
-    request = [n for n, _ in ts.get_msgdef("coupalign_interfaces/srv/msg/Segment_Request").fields]
-    response = [n for n, _ in ts.get_msgdef("coupalign_interfaces/srv/msg/Segment_Response").fields]
+    request = [n for n, _ in ts.get_msgdef("coupalign_ros/srv/msg/Segment_Request").fields]
+    response = [n for n, _ in ts.get_msgdef("coupalign_ros/srv/msg/Segment_Response").fields]
     assert request == ["text", "image"] and response == ["success", "message", "result"]
     # a full CDR round trip of a result
     header = bags.make_header(ts, 5 * 10**9 + 7, "cam")
@@ -191,7 +191,7 @@ def test_interface_files_are_found_from_the_source_tree():
     assert "sensor_msgs/Image mask" in text
     with pytest.raises(FileNotFoundError, match="not found; looked in"):
         bags.interface_text("msg/Nope.msg")
-    assert Path(__file__).resolve().parents[1] / "msg" in bags.interface_dirs()
+    assert Path(__file__).resolve().parents[1] in bags.interface_dirs()  # the checkout: msg/ and srv/
 
 
 def test_a_bag_re_recorded_on_another_clock_still_pairs_commands(tmp_path):

@@ -10,9 +10,13 @@ import pytest
 
 from coupalign_core.runtime.conversions import (
     ImageFields,
+    check_compressed_format,
+    check_image_fields,
     compressed_to_rgb,
+    decoded_to_rgb,
     image_to_rgb,
     mask_to_mono8,
+    mask_to_mono8_buffer,
     mono8_to_mask,
     rgb_to_image_fields,
 )
@@ -100,6 +104,30 @@ def test_round_trip_through_rgb8_and_bgr8(rgb):
 def test_bad_images_raise_value_error_naming_the_problem(fields, message):
     with pytest.raises(ValueError, match=message.replace("*", r"\*")):
         image_to_rgb(fields)
+    if "byte buffer" not in message and "must be uint8" not in message:  # values: read on conversion
+        with pytest.raises(ValueError, match=message.replace("*", r"\*")):
+            check_image_fields(fields)  # what the node runs as each message arrives
+
+
+class Unreadable(array.array):
+    """A message buffer whose pixels must not be read by a check that runs on every message."""
+
+    def __iter__(self):
+        raise AssertionError("check_image_fields read the pixels")
+
+    def __getitem__(self, index):
+        raise AssertionError("check_image_fields read the pixels")
+
+
+def test_checking_a_message_reads_no_pixel(rgb):
+    check_image_fields(ImageFields(H, W, "rgb8", 0, W * 3, Unreadable("B", bytes(H * W * 3))))
+    check_image_fields(_padded(rgb[:, :, 0].astype(np.uint16), "mono16", pad=2, bigendian=True))
+    check_image_fields(ImageFields(H, W, "mono8", 0, W, list(range(H * W))))
+    with pytest.raises(ValueError, match="data size 34 does not match"):
+        check_image_fields(ImageFields(H, W, "mono8", 0, W, Unreadable("B", bytes(H * W - 1))))
+    check_compressed_format("rgb8; jpeg compressed bgr8")
+    with pytest.raises(ValueError, match="unsupported compressed image format"):
+        check_compressed_format("16UC1; compressedDepth")
 
 
 def test_compressed_jpeg_and_png(rgb):
@@ -146,6 +174,28 @@ def test_mask_is_lossless_mono8_and_round_trips():
         mono8_to_mask(ImageFields(H, W, "rgb8", 0, W * 3, bytes(H * W * 3)))
     with pytest.raises(ValueError, match="non-empty"):
         mask_to_mono8(np.zeros((0, 3), bool))
+
+
+def test_mask_written_once_into_rclpy_storage():
+    mask = np.random.default_rng(2).random((H, W)) > 0.5
+    buffer = mask_to_mono8_buffer(mask)
+    assert isinstance(buffer, array.array) and buffer.typecode == "B"  # what rclpy keeps uint8[] in
+    assert bytes(buffer) == mask_to_mono8(mask).data
+    assert bytes(mask_to_mono8_buffer(np.zeros((2, 3), bool))) == bytes(6)
+    with pytest.raises(ValueError, match="non-empty"):
+        mask_to_mono8_buffer(np.zeros((3,), bool))
+
+
+def test_decoded_compressed_images_become_rgb():
+    bgr = np.random.default_rng(4).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decoded_to_rgb(bgr, "jpeg"), bgr[:, :, ::-1])
+    bgra = np.concatenate([bgr, np.full((H, W, 1), 9, np.uint8)], axis=2)
+    np.testing.assert_array_equal(decoded_to_rgb(bgra, "png"), bgr[:, :, ::-1])
+    np.testing.assert_array_equal(decoded_to_rgb(bgr[:, :, 0], "png")[:, :, 2], bgr[:, :, 0])
+    with pytest.raises(ValueError, match="could not decode 12 bytes of 'png'"):
+        decoded_to_rgb(None, "png", 12)
+    with pytest.raises(ValueError, match="unsupported dtype float32"):
+        decoded_to_rgb(bgr.astype(np.float32), "png")
 
 
 def test_rgb_to_image_fields_refuses_wrong_arrays(rgb):

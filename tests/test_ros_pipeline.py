@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from coupalign_core.inference import SegmentationResult
-from coupalign_core.runtime.pipeline import CommandBook, Frame, FrameSlot, Pipeline, ThrottledLog
+from coupalign_core.runtime.pipeline import CommandBook, Frame, FrameSlot, PendingFrame, Pipeline, ThrottledLog
 
 
 class BrightSegmenter:
@@ -256,6 +256,86 @@ def test_command_book_keeps_a_bounded_history():
     assert book.for_stamp(55) is None  # older commands fell out of the history
 
 
+
+def test_one_message_delivered_twice_is_one_command():
+    """The node subscribes to the command topic twice (volatile and transient local); a latched
+    publisher's message arrives on both with the same source key and counts once."""
+    book = CommandBook()
+    first = book.set("the cup", arrival_ns=10, source_key=(111, None, "the cup"))
+    assert first is not None and first.command_id == 1
+    assert book.set("the cup", arrival_ns=12, source_key=(111, None, "the cup")) is None  # the other subscription
+    again = book.set("the cup", arrival_ns=20, source_key=(222, None, "the cup"))  # sent again: a new command
+    assert again is not None and again.command_id == 2
+    assert book.set("the cup", arrival_ns=30).command_id == 3  # no key: never de-duplicated
+    assert book.set("the cup", arrival_ns=31).command_id == 4
+    with pytest.raises(ValueError, match="empty"):
+        book.set("  ", arrival_ns=40, source_key=(333, None, "  "))
+    assert book.set("the box", arrival_ns=41, source_key=(333, None, "the box")).command_id == 5
+    for i in range(200):  # the memory of keys is bounded; the newest are kept
+        book.set(f"c{i}", arrival_ns=50 + i, source_key=(1000 + i, None, f"c{i}"))
+    assert len(book._seen) <= book._seen_limit
+    assert book.set("c199", arrival_ns=300, source_key=(1199, None, "c199")) is None
+    book.clear()
+    assert book.set("c199", arrival_ns=301, source_key=(1199, None, "c199")) is not None
+
+    pipe = Pipeline(BrightSegmenter())
+    assert pipe.set_command("square", arrival_ns=0, source_key=(5, 1, "square")).command_id == 1
+    assert pipe.set_command("square", arrival_ns=1, source_key=(5, 1, "square")) is None
+    assert pipe.stats.snapshot()["rejected"] == {}  # a duplicate is not a rejected command
+
+
+class CountingConverter:
+    """Stands in for a camera message: converting it is counted, and a broken one raises."""
+
+    def __init__(self, number: int, broken: bool = False):
+        self.number, self.broken, self.calls = number, broken, 0
+
+    def __call__(self) -> np.ndarray:
+        self.calls += 1
+        if self.broken:
+            raise ValueError("data size 3 does not match step*height")
+        return frame(self.number).image
+
+
+def test_pending_frames_are_converted_only_when_processed():
+    seg = BrightSegmenter(delay_s=0.05)
+    outputs = []
+    pipe = Pipeline(seg, on_result=outputs.append)
+    converters = [CountingConverter(n) for n in range(40)]
+    # no command yet: dropped without being converted
+    assert pipe.process(PendingFrame(converters[0], 0)) is None and converters[0].calls == 0
+    pipe.set_command("the bright square", arrival_ns=0)
+    pipe.start()
+    try:
+        for n, convert in enumerate(converters[1:], start=1):
+            pipe.submit(PendingFrame(convert, n, f"cam{n}", header=("header", n)))
+            time.sleep(0.005)
+        deadline = time.monotonic() + 10
+        while pipe.stats.snapshot()["processed"] + pipe.stats.snapshot()["dropped"].get("superseded", 0) < 39:
+            assert time.monotonic() < deadline, pipe.stats.snapshot()
+            time.sleep(0.01)
+    finally:
+        pipe.stop()
+    converted = sum(c.calls for c in converters)
+    stats = pipe.stats.snapshot()
+    assert converted == stats["processed"] == len(outputs) < 39  # superseded frames never converted
+    assert all(c.calls <= 1 for c in converters)
+    for out in outputs:  # the output carries the converted pixels and the message's header
+        assert isinstance(out.frame, Frame) and out.frame.header == ("header", out.frame.stamp_ns)
+        assert int(out.frame.image[0, 0, 1]) == out.frame.stamp_ns
+
+    # a malformed message is rejected when the worker converts it; the next frame is processed
+    broken = CountingConverter(50, broken=True)
+    assert pipe.process(PendingFrame(broken, 50)) is None and broken.calls == 1
+    assert pipe.stats.snapshot()["rejected"] == {"image": 1}
+    assert pipe.process(PendingFrame(CountingConverter(51), 51)) is not None
+    # the service converts a pending frame too, and names a broken one
+    assert pipe.segment_once(PendingFrame(CountingConverter(52), 52), "square").result.mask.sum() == 9
+    with pytest.raises(ValueError, match="does not match"):
+        pipe.segment_once(PendingFrame(CountingConverter(53, broken=True), 53), "square")
+    assert pipe.stats.snapshot()["rejected"] == {"image": 1, "service": 1}
+
+
 # ---- one owner of found; the node's small API --------------------------------------------------------
 def test_the_segmenter_alone_decides_found_for_worker_and_service():
     """The threshold lives on the segmenter: changing it there changes what process() and
@@ -339,3 +419,62 @@ def test_segment_once_validates_counts_and_uses_no_command_book():
     assert stats["rejected"] == {"service": 2} and stats["errors"] == 1 and stats["processed"] == 0
     with pytest.raises(RuntimeError, match="no model loaded"):
         Pipeline(None).segment_once(frame(11), "square")
+
+
+# ---- the Segmenter's part of the frame path ------------------------------------------------------------
+class CountingTokenizer:
+    """Wraps a TextTokenizer and counts the sentences it encodes."""
+
+    def __init__(self, inner):
+        self.inner, self.sentences = inner, []
+
+    def __call__(self, texts, max_tokens):
+        self.sentences.extend([texts] if isinstance(texts, str) else list(texts))
+        return self.inner(texts, max_tokens)
+
+
+def test_the_command_is_tokenised_once_not_every_frame():
+    import torch
+
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
+
+    torch.manual_seed(0)
+    model = CoupAlign(CoupAlignConfig.preset("tiny")).eval()
+    plain = build_tokenizer(model.config)
+    seg = Segmenter(model, CountingTokenizer(plain), backend="torch", device="cpu", threshold=0.0)
+    image = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    first = seg(image, "the red cup")
+    for _ in range(3):
+        again = seg(image, "the red cup")
+        np.testing.assert_array_equal(again.mask, first.mask)
+    assert seg.tokenizer.sentences == ["the red cup"]
+    pixels, ids, attention = seg.preprocess([image, image], ["the red cup", "a new sentence"])
+    expected_ids, expected_attention = plain(["the red cup", "a new sentence"], seg.max_tokens)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(attention, expected_attention)
+    ids[:] = 0  # the caller's arrays are its own: the cache is not changed through them
+    np.testing.assert_array_equal(seg.preprocess([image], ["the red cup"])[1], expected_ids[:1])
+    with pytest.raises(ValueError, match="sentence 1 is empty"):  # the tokenizer's own errors, unchanged
+        seg.preprocess([image, image], ["the red cup", "  "])
+    seg.tokenizer = plain  # another tokenizer: nothing cached for it yet
+    np.testing.assert_array_equal(seg.preprocess([image], ["the red cup"])[1], expected_ids[:1])
+
+
+def test_pre_processing_resize_is_opencvs_area_average_when_shrinking():
+    """resize_image (training and inference) averages pixel areas when it shrinks more than 2x:
+    OpenCV's INTER_AREA, computed in two passes when the width shrinks by a whole number."""
+    import cv2
+
+    from coupalign_core.data.transforms import resize_image
+
+    rng = np.random.default_rng(5)
+    for width, height in ((640, 480), (1280, 720), (1000, 700)):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 1.5)
+        ours = resize_image(image, 128).astype(int)
+        area = cv2.resize(image, (128, 128), interpolation=cv2.INTER_AREA).astype(int)
+        assert ours.shape == (128, 128, 3) and np.abs(ours - area).max() <= 1  # float rounding at most
+        assert (ours != area).mean() < 0.01
+    small = rng.integers(0, 256, (144, 192, 3), dtype=np.uint8)  # the synthetic benchmark's size: bilinear
+    np.testing.assert_array_equal(resize_image(small, 128),
+                                  cv2.resize(small, (128, 128), interpolation=cv2.INTER_LINEAR))

@@ -2,7 +2,7 @@
 node's pipeline and score it.
 
 rosbags reads and writes rosbag2 in sqlite3 (.db3) and MCAP with the Humble and Jazzy type stores;
-coupalign_interfaces is registered from the package's own .msg/.srv text, so result bags carry the
+the coupalign_ros interfaces are registered from their own .msg/.srv text, so result bags carry the
 same ``ReferringSegmentation`` the node publishes.
 
 - :mod:`.layout`: the topics, message types and timeline of the bags make-bag writes

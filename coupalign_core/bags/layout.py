@@ -5,7 +5,9 @@
   QoS), stamped ``COMMAND_LEAD_NS`` before its image, so it is in force at the image's stamp
 - ``/coupalign/gt_mask`` ``sensor_msgs/Image`` mono8 (non-zero = target), same header stamp as
   its image
-- ``/coupalign/result`` ``coupalign_interfaces/ReferringSegmentation``, in the bags bag-eval writes
+- ``/coupalign/result`` ``coupalign_ros/ReferringSegmentation``, in the bags bag-eval writes
+  (``coupalign_interfaces/ReferringSegmentation`` in bags written before the interfaces moved into
+  the coupalign_ros package; still readable, see ``LEGACY_RESULT_TYPES``)
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ RESULT_TOPIC = "/coupalign/result"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STRING_TYPE = "std_msgs/msg/String"
-RESULT_TYPE = "coupalign_interfaces/msg/ReferringSegmentation"
+RESULT_TYPE = "coupalign_ros/msg/ReferringSegmentation"
+# The same definition under its earlier package name, registered for reading older result bags.
+LEGACY_RESULT_TYPES = ("coupalign_interfaces/msg/ReferringSegmentation",)
 
 # make-bag's timeline: a fixed start (stamps are never 0, which some tools treat as "unset"),
 # the command COMMAND_LEAD_NS before each frame, frames FRAME_PERIOD_NS apart (10 Hz).

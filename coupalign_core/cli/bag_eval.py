@@ -2,7 +2,7 @@
 
 Reads rosbag2 bags (a bag folder, or one .db3 or .mcap file; Humble or Jazzy), pairs each camera
 image with the command in force at its stamp, segments it with the same pipeline as the ROS node, writes the
-coupalign_interfaces/ReferringSegmentation results to --out, and, when the bag carries mono8
+coupalign_ros/ReferringSegmentation results to --out, and, when the bag carries mono8
 ground-truth masks (same header stamp as their image), prints oIoU, mIoU and prec@X. --json writes
 RISMetrics.compute() plus per-frame latency figures; --overlays a PNG contact sheet. None of the
 outputs may exist unless --overwrite; they are checked, and the bag is opened, before the model loads.

@@ -22,8 +22,25 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """(H,W,3) uint8 RGB -> (size,size,3) uint8, bilinear (area when shrinking a lot)."""
     h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if (h > 2 * size and w > 2 * size) else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
+    if h > 2 * size and w > 2 * size:
+        return _area_resize(image, size)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def _area_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """OpenCV's pixel-area average (INTER_AREA) to (size, size), faster when the width shrinks by a
+    whole number (camera widths: 640, 1280, 1920 to 128).
+
+    Area averaging is separable: OpenCV's whole-number path averages the width in float32, then the
+    height is averaged and rounded once. The same averages as one INTER_AREA call up to float
+    rounding (a pixel can differ by one level); other widths take the one call.
+    """
+    h, w = image.shape[:2]
+    if w % size:
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    narrow = cv2.resize(image.astype(np.float32), (size, h), interpolation=cv2.INTER_AREA)
+    square = cv2.resize(narrow, (size, size), interpolation=cv2.INTER_AREA)
+    return np.rint(square, out=square).astype(np.uint8)
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -64,6 +64,7 @@ from .options import SegmenterOptions, check_threshold, resolve_options
 log = logging.getLogger(__name__)
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+TOKEN_CACHE_SIZE = 64  # sentences whose tokens a Segmenter keeps (Segmenter._tokenize)
 
 # The options each kind of source can honour (SegmenterOptions.check_applies refuses the others).
 RESULT_OPTIONS = frozenset({"threshold", "mask_threshold", "clear_mask_if_not_found"})
@@ -393,9 +394,33 @@ class Segmenter:
     def preprocess(self, images: Sequence[np.ndarray],
                    texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> pixels (B,3,S,S) float32, input_ids/attention_mask (B,T) int64."""
-        input_ids, attention_mask = self.tokenizer(list(texts), self.max_tokens)
+        input_ids, attention_mask = self._tokenize(texts)
         pixels = np.stack([preprocess_image(im, self.image_size) for im in images])
         return pixels, input_ids, attention_mask
+
+    def _tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids, attention_mask (B,T) int64 of ``texts``; a sentence seen recently is not
+        tokenised again (a robot's command stays the same for many frames).
+
+        The rows of the last ``TOKEN_CACHE_SIZE`` sentences are kept with the tokenizer that made
+        them and copied into new arrays; a batch with a new sentence goes through the tokenizer
+        whole, so its errors are the tokenizer's own.
+        """
+        owner, cache = self.__dict__.get("_token_cache", (None, {}))
+        if owner is not self.tokenizer:
+            cache = {}
+            self.__dict__["_token_cache"] = (self.tokenizer, cache)
+        rows = [cache.get(text) if isinstance(text, str) else None for text in texts]
+        if any(row is None for row in rows):
+            input_ids, attention_mask = self.tokenizer(list(texts), self.max_tokens)
+            for i, text in enumerate(texts):
+                cache.pop(text, None)  # (re)inserted last: the dict's order is the recency
+                cache[text] = (input_ids[i:i + 1].copy(), attention_mask[i:i + 1].copy())
+            while len(cache) > TOKEN_CACHE_SIZE:
+                del cache[next(iter(cache))]
+            return input_ids, attention_mask
+        cached = [row for row in rows if row is not None]
+        return np.concatenate([r[0] for r in cached]), np.concatenate([r[1] for r in cached])
 
     def _infer(self, pixels: np.ndarray, input_ids: np.ndarray,
                attention_mask: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:

@@ -2,10 +2,12 @@
 
 A camera publishes faster than a model segments, so the node keeps one slot: the newest frame
 replaces an unprocessed older one (counted as dropped), and a worker thread runs the Segmenter on
-whatever is newest when it is free. Commands are timed: a new sentence applies to frames stamped at
-or after its arrival (the frame the user was looking at), or to every frame from now on when it is
-flagged immediate. Bag replay calls :meth:`Pipeline.process` synchronously, frame by frame, so it
-scores exactly what the node would compute.
+whatever is newest when it is free. The node puts the camera message itself in the slot (a
+:class:`PendingFrame`); only the frame the worker processes is converted to pixels. Commands are
+timed: a new sentence applies to frames stamped at or after its arrival (the frame the user was
+looking at), or to every frame from now on when it is flagged immediate. Bag replay calls
+:meth:`Pipeline.process` synchronously, frame by frame, so it scores exactly what the node would
+compute.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numbers
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Hashable, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 
@@ -69,6 +71,28 @@ class Frame:
     received_ns: int = field(default_factory=time.monotonic_ns)
 
 
+@dataclass
+class PendingFrame:
+    """A camera message not converted yet: what the node puts in the slot.
+
+    At camera rate most frames are replaced before the worker is free, so converting each one as
+    it arrives would be wasted; the worker calls :meth:`to_frame` on the one it processes.
+    ``convert`` raises ValueError for a malformed message (counted as a rejected image).
+    """
+
+    convert: Callable[[], np.ndarray]  # the message -> (H, W, 3) uint8 RGB
+    stamp_ns: int
+    frame_id: str = ""
+    header: Any = None
+    received_ns: int = field(default_factory=time.monotonic_ns)
+
+    def to_frame(self) -> Frame:
+        return Frame(self.convert(), self.stamp_ns, self.frame_id, self.header, self.received_ns)
+
+
+AnyFrame = Union[Frame, PendingFrame]
+
+
 @dataclass(frozen=True)
 class Command:
     """A sentence and when it starts to apply."""
@@ -93,12 +117,13 @@ class SegmentationOutput:
         """The Segmenter's decision (its threshold), read from the result."""
         return bool(self.result.found)
 
-    def message_fields(self) -> dict[str, Any]:
-        """Plain values of a ``coupalign_interfaces/ReferringSegmentation`` (without the header).
+    def message_fields(self, mask: bool = True) -> dict[str, Any]:
+        """Plain values of a ``coupalign_ros/ReferringSegmentation`` (without the header).
 
         The node and the bag writer both fill their message classes from this, so the two can't
         drift apart. ``bbox`` is (x_offset, y_offset, width, height) in source pixels, zeros when
-        the mask is empty.
+        the mask is empty. ``mask=False`` leaves the mono8 mask out (the node writes it straight
+        into its message with ``conversions.mask_to_mono8_buffer``).
         """
         bbox = self.result.bbox
         if bbox is None:
@@ -106,22 +131,27 @@ class SegmentationOutput:
         else:
             x0, y0, x1, y1 = (int(v) for v in bbox)
             roi = (x0, y0, x1 - x0, y1 - y0)
-        mask: ImageFields = mask_to_mono8(self.result.mask)
-        return {
+        values: dict[str, Any] = {
             "command": self.command.text,
             "command_id": self.command.command_id,
             "found": bool(self.found),
             "score": float(self.result.score),
             "bbox": roi,
-            "mask": mask,
             "latency_ms": float(self.latency_ms),
         }
+        if mask:
+            fields: ImageFields = mask_to_mono8(self.result.mask)
+            values["mask"] = fields
+        return values
 
 
 class CommandBook:
     """The commands received so far and which one is in force for a frame stamp.
 
     Keeps a short history so a frame stamped just before a new command still gets the old one.
+    The node feeds it from two subscriptions (volatile, so any publisher matches, and transient
+    local, so a latched command reaches a node that starts later); a sample both deliver carries
+    the same ``source_key`` and is recorded once.
     """
 
     def __init__(self, max_chars: int = 500, history: int = 32):
@@ -129,6 +159,8 @@ class CommandBook:
         self._commands: collections.deque[Command] = collections.deque(maxlen=history)
         self._next_id = 1
         self._lock = threading.Lock()
+        self._seen: collections.OrderedDict[Hashable, None] = collections.OrderedDict()
+        self._seen_limit = max(64, 2 * history)
 
     @staticmethod
     def check_max_chars(max_chars: int) -> int:
@@ -148,10 +180,22 @@ class CommandBook:
             raise ValueError(f"command is {len(stripped)} characters long; the limit is {self.max_chars}")
         return stripped
 
-    def set(self, text: Any, arrival_ns: int, immediate: bool = False) -> Command:
-        """Record a new command; raises ValueError (and records nothing) for an invalid one."""
+    def set(self, text: Any, arrival_ns: int, immediate: bool = False, *,
+            source_key: Optional[Hashable] = None) -> Optional[Command]:
+        """Record a new command; raises ValueError (and records nothing) for an invalid one.
+
+        ``source_key`` identifies the message it came in (the node uses the publisher's source
+        timestamp and the text): a key already recorded returns None and records nothing, so one
+        message delivered by two subscriptions is one command. None: always a new command.
+        """
         stripped = self.validate(text)
         with self._lock:
+            if source_key is not None:
+                if source_key in self._seen:
+                    return None
+                self._seen[source_key] = None
+                while len(self._seen) > self._seen_limit:
+                    self._seen.popitem(last=False)
             command = Command(stripped, self._next_id, int(arrival_ns), bool(immediate))
             self._next_id += 1
             self._commands.append(command)
@@ -173,23 +217,24 @@ class CommandBook:
     def clear(self) -> None:
         with self._lock:
             self._commands.clear()
+            self._seen.clear()
 
 
 class FrameSlot:
     """A one-frame buffer: the newest frame wins, so memory stays bounded whatever the camera rate."""
 
     def __init__(self) -> None:
-        self._frame: Optional[Frame] = None
+        self._frame: Optional[AnyFrame] = None
         self._cond = threading.Condition()
 
-    def put(self, frame: Frame) -> Optional[Frame]:
+    def put(self, frame: AnyFrame) -> Optional[AnyFrame]:
         """Store ``frame``; returns the unprocessed frame it replaced (the caller counts it dropped)."""
         with self._cond:
             superseded, self._frame = self._frame, frame
             self._cond.notify()
         return superseded
 
-    def take(self, timeout: Optional[float] = None) -> Optional[Frame]:
+    def take(self, timeout: Optional[float] = None) -> Optional[AnyFrame]:
         """Remove and return the frame, waiting up to ``timeout`` seconds for one (None: none came)."""
         with self._cond:
             if self._frame is None:
@@ -197,7 +242,7 @@ class FrameSlot:
             frame, self._frame = self._frame, None
         return frame
 
-    def clear(self) -> Optional[Frame]:
+    def clear(self) -> Optional[AnyFrame]:
         with self._cond:
             frame, self._frame = self._frame, None
         return frame
@@ -402,8 +447,9 @@ class Pipeline:
             self.commands.max_chars = int(max_command_chars)
 
     # ---- inputs -------------------------------------------------------------------------------
-    def submit(self, frame: Frame) -> None:
-        """Offer a frame to the worker; an unprocessed older frame is dropped (counted)."""
+    def submit(self, frame: AnyFrame) -> None:
+        """Offer a frame (or a camera message to convert) to the worker; an unprocessed older one
+        is dropped (counted)."""
         self.stats.count_received()
         if self._slot.put(frame) is not None:
             self.stats.count_dropped("superseded")
@@ -413,12 +459,19 @@ class Pipeline:
         self.stats.count_rejected(reason)
         self.log(f"reject:{reason}", logging.WARNING, f"rejected {reason}: {detail}")
 
-    def set_command(self, text: Any, arrival_ns: int, immediate: bool = False) -> Optional[Command]:
-        """Record a command; an invalid one is rejected (counted, logged) and None returned."""
+    def set_command(self, text: Any, arrival_ns: int, immediate: bool = False, *,
+                    source_key: Optional[Hashable] = None) -> Optional[Command]:
+        """Record a command; an invalid one is rejected (counted, logged) and None returned.
+
+        None too, silently, for a message already recorded under ``source_key``
+        (:meth:`CommandBook.set`).
+        """
         try:
-            command = self.commands.set(text, arrival_ns, immediate)
+            command = self.commands.set(text, arrival_ns, immediate, source_key=source_key)
         except ValueError as e:
             self.reject("command", str(e))
+            return None
+        if command is None:
             return None
         self.log(f"command:{command.command_id}", self.command_log_level,
                  f"command {command.command_id}: {command.text!r}")
@@ -435,8 +488,8 @@ class Pipeline:
             result = segment(image, text)
             return result, (time.perf_counter() - t0) * 1e3
 
-    def segment_once(self, frame: Frame, text: Any) -> SegmentationOutput:
-        """Segment ``frame`` with ``text`` now, outside the command book (the node's Segment service).
+    def segment_once(self, pending: AnyFrame, text: Any) -> SegmentationOutput:
+        """Segment a frame with ``text`` now, outside the command book (the node's Segment service).
 
         The text must pass the command rules (:meth:`CommandBook.validate`); the call waits for the
         worker's, so the two never run the model at once. A bad text or image raises ValueError
@@ -445,6 +498,7 @@ class Pipeline:
         """
         try:
             text = self.commands.validate(text)
+            frame = self.convert(pending)
         except ValueError as e:
             self.reject("service", str(e))
             raise
@@ -458,28 +512,40 @@ class Pipeline:
             raise
         return SegmentationOutput(frame, Command(text, 0, frame.stamp_ns), result, latency_ms)
 
-    def process(self, frame: Frame) -> Optional[SegmentationOutput]:
+    @staticmethod
+    def convert(frame: AnyFrame) -> Frame:
+        """The frame with its pixels (a pending one is converted now); ValueError if malformed."""
+        return frame.to_frame() if isinstance(frame, PendingFrame) else frame
+
+    def process(self, pending: AnyFrame) -> Optional[SegmentationOutput]:
         """Segment one frame with the command in force at its stamp.
 
-        None when it is dropped (stale, no command yet) or the Segmenter failed; both are counted,
-        and an exception never escapes, so a bad frame cannot stop the worker.
+        None when it is dropped (stale, no command yet), malformed (rejected) or the Segmenter
+        failed; all are counted, and an exception never escapes, so a bad frame cannot stop the
+        worker. A pending frame is converted only once it is known to be segmented.
         """
         max_age_s = self._max_frame_age_s
         if self.clock_ns is not None and max_age_s > 0:
-            age_s = (self.clock_ns() - frame.stamp_ns) * 1e-9
+            age_s = (self.clock_ns() - pending.stamp_ns) * 1e-9
             if age_s > max_age_s:
                 self.stats.count_dropped("stale")
                 self.log("stale", logging.WARNING, f"dropped a frame {age_s:.2f} s old (max_frame_age_s={max_age_s:g})")
                 return None
-        command = self.commands.for_stamp(frame.stamp_ns)
+        command = self.commands.for_stamp(pending.stamp_ns)
         if command is None:
             self.stats.count_dropped("no_command")
             latest = self.commands.latest
             if latest is not None:
                 self.log("early_frame", logging.WARNING,
-                         f"frames are stamped {(latest.arrival_ns - frame.stamp_ns) * 1e-9:.3f} s before "
+                         f"frames are stamped {(latest.arrival_ns - pending.stamp_ns) * 1e-9:.3f} s before "
                          f"the command arrived; if the camera's clock differs from this node's, set "
                          f"command_immediate")
+            return None
+        try:
+            frame: Frame = self.convert(pending)
+        except Exception as e:  # ValueError names the problem; anything else a broken message triggers
+            detail = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            self.reject("image", detail)
             return None
         try:
             result, latency_ms = self.run_segmenter(frame.image, command.text)

@@ -1,9 +1,9 @@
 """The coupalign node on a real ROS 2: started through launch/coupalign.launch.py with launch_pytest.
 
-Needs rclpy, launch_pytest and a built and sourced workspace with coupalign_ros and
-coupalign_interfaces (docs/ros.md); without them (CI) the whole module is skipped. Each test
-builds a tiny random CoupAlign checkpoint (CPU, torch backend), launches the node with it, talks
-to it as a client would and checks the outputs:
+Needs rclpy, launch_pytest and a built and sourced workspace with coupalign_ros (docs/ros.md);
+without them (CI) the whole module is skipped. Each test builds a tiny random CoupAlign
+checkpoint (CPU, torch backend), launches the node with it, talks to it as a client would and
+checks the outputs:
 
 - lifecycle driven from the test: configure, activate, deactivate, cleanup; a bad model file
   fails configure with the reason on /diagnostics;
@@ -15,11 +15,9 @@ to it as a client would and checks the outputs:
 
 from __future__ import annotations
 
-import array
+import subprocess
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -30,177 +28,23 @@ launch_pytest = pytest.importorskip("launch_pytest", reason="launch_pytest is no
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory  # noqa: E402
 
 try:
-    SHARE = Path(get_package_share_directory("coupalign_ros"))
-    get_package_share_directory("coupalign_interfaces")
+    get_package_share_directory("coupalign_ros")
 except PackageNotFoundError:  # pragma: no cover - depends on the machine
-    pytest.skip("coupalign_ros/coupalign_interfaces are not built and sourced (docs/ros.md)", allow_module_level=True)
+    pytest.skip("coupalign_ros is not built and sourced (docs/ros.md)", allow_module_level=True)
 
-from coupalign_interfaces.msg import ReferringSegmentation  # noqa: E402
-from coupalign_interfaces.srv import Segment  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from geometry_msgs.msg import PointStamped  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from ros_support import (  # noqa: E402
+    COMMAND_TOPIC,
+    DEPTH_TOPIC,
+    INFO_TOPIC,
+    WAIT_S,
+    K,
+    node_launch,
+    ros2_launch,
+)
 from std_msgs.msg import String  # noqa: E402
 
-import launch  # noqa: E402
-
-NODE = "/coupalign"
-IMAGE_TOPIC = "/test_camera/image"
-DEPTH_TOPIC = "/test_camera/depth"
-INFO_TOPIC = "/test_camera/camera_info"
-K = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
-COMMAND_TOPIC = "/test/command"
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-WAIT_S = 90.0  # the node imports torch and builds the model on a shared CPU
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    import torch
-
-    from coupalign_core.checkpoint import save_checkpoint
-    from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
-
-    config = CoupAlignConfig.preset("tiny")
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", CoupAlign(config).eval(),
-                           build_tokenizer(config))
-
-
-def node_launch(checkpoint: Path | str, autostart: bool, **extra: str) -> launch.LaunchDescription:
-    include = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(SHARE / "launch" / "coupalign.launch.py")),
-        launch_arguments={
-            "checkpoint": str(checkpoint), "backend": "torch", "device": "cpu",
-            "image_topic": IMAGE_TOPIC, "command_topic": COMMAND_TOPIC, "publish_overlay": "true",
-            "max_frame_age_s": "0", "autostart": "true" if autostart else "false", **extra,
-        }.items(),
-    )
-    return launch.LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
-
-
-class Client:
-    """A test-side rclpy node spun on a background thread, recording what the node publishes."""
-
-    def __init__(self) -> None:
-        rclpy.init()
-        self.node = rclpy.create_node("coupalign_test_client")
-        self.received: dict[str, list[Any]] = {"result": [], "mask": [], "overlay": [], "diagnostics": [],
-                                               "target_point": []}
-        n = self.node
-        n.create_subscription(ReferringSegmentation, f"{NODE}/result", self._keep("result"), 10)
-        n.create_subscription(Image, f"{NODE}/mask", self._keep("mask"), 10)
-        n.create_subscription(Image, f"{NODE}/overlay", self._keep("overlay"), 10)
-        n.create_subscription(DiagnosticArray, "/diagnostics", self._keep("diagnostics"), 10)
-        n.create_subscription(PointStamped, f"{NODE}/target_point", self._keep("target_point"), 10)
-        self.images = n.create_publisher(Image, IMAGE_TOPIC, 10)
-        self.depth = n.create_publisher(Image, DEPTH_TOPIC, 10)
-        self.camera_info = n.create_publisher(CameraInfo, INFO_TOPIC, 10)
-        self.set_parameters = n.create_client(SetParameters, f"{NODE}/set_parameters")
-        self.commands = n.create_publisher(String, COMMAND_TOPIC, LATCHED)
-        self.get_state = n.create_client(GetState, f"{NODE}/get_state")
-        self.change_state = n.create_client(ChangeState, f"{NODE}/change_state")
-        self.segment = n.create_client(Segment, f"{NODE}/segment")
-        self.executor = MultiThreadedExecutor(num_threads=2)
-        self.executor.add_node(n)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-        self.stamps: list[tuple[int, int]] = []
-
-    def _keep(self, key: str) -> Callable[[Any], None]:
-        def store(msg: Any) -> None:
-            self.received[key].append(msg)
-        return store
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown()
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = WAIT_S, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()  # reads lists that callbacks only append to
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-    def call(self, client, request, timeout: float = WAIT_S):
-        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert future.done(), f"{client.srv_name} did not answer"
-        return future.result()
-
-    def state(self) -> str:
-        return self.call(self.get_state, GetState.Request()).current_state.label
-
-    def transition(self, transition_id: int) -> bool:
-        return self.call(self.change_state, ChangeState.Request(transition=Transition(id=transition_id))).success
-
-    def image(self, width: int = 64, height: int = 48, *, encoding: str = "rgb8", step: int | None = None) -> Image:
-        msg = Image()
-        msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.header.frame_id = "test_camera"
-        msg.height, msg.width, msg.encoding = height, width, encoding
-        msg.step = width * 3 if step is None else step
-        pixels = np.zeros((height, msg.step), np.uint8)
-        pixels[height // 4: height // 2, : msg.step // 2] = 200
-        msg.data = array.array("B", pixels.tobytes())
-        return msg
-
-    def publish_images(self, seconds: float, with_depth: bool = False, **kwargs: Any) -> None:
-        """Camera frames at 10 Hz; with_depth adds an aligned 32FC1 depth (2 m) and CameraInfo."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            msg = self.image(**kwargs)
-            if with_depth:
-                depth = Image(header=msg.header, height=msg.height, width=msg.width, encoding="32FC1",
-                              is_bigendian=0, step=msg.width * 4)
-                depth.data = array.array("B", np.full((msg.height, msg.width), 2.0, np.float32).tobytes())
-                self.depth.publish(depth)
-                self.camera_info.publish(CameraInfo(header=msg.header, height=msg.height, width=msg.width, k=K))
-            self.images.publish(msg)
-            self.stamps.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
-            time.sleep(0.1)
-
-    def set_parameter(self, name: str, value: Any):
-        """(successful, reason) of setting one node parameter through its service."""
-        kind = {bool: ParameterType.PARAMETER_BOOL, float: ParameterType.PARAMETER_DOUBLE,
-                int: ParameterType.PARAMETER_INTEGER, str: ParameterType.PARAMETER_STRING}[type(value)]
-        field = {bool: "bool_value", float: "double_value", int: "integer_value", str: "string_value"}[type(value)]
-        pv = ParameterValue(type=kind, **{field: value})
-        reply = self.call(self.set_parameters, SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
-        return reply.results[0].successful, reply.results[0].reason
-
-    def diagnostics(self) -> dict[str, str] | None:
-        """The key/values of the coupalign node's latest diagnostic status (None before one)."""
-        for diagnostic_array in reversed(self.received["diagnostics"]):
-            for status in diagnostic_array.status:
-                if status.name.startswith("coupalign"):
-                    values = {kv.key: kv.value for kv in status.values}
-                    values["_message"], values["_level"] = status.message, int.from_bytes(status.level, "little") \
-                        if isinstance(status.level, bytes) else int(status.level)
-                    return values
-        return None
-
-
-@pytest.fixture
-def client():
-    c = Client()
-    yield c
-    c.close()
+from coupalign_ros.srv import Segment  # noqa: E402
 
 
 # ---- lifecycle, outputs, service, diagnostics, malformed input -----------------------------------
@@ -260,8 +104,6 @@ def test_lifecycle_outputs_service_diagnostics_and_bad_images(client):
     assert client.set_parameter("threshold", 0.5)[0]
 
     # the typed-command tool, installed for `ros2 run`
-    import subprocess
-
     done = subprocess.run(["ros2", "run", "coupalign_ros", "coupalign_command", "--topic", COMMAND_TOPIC,
                            "typed by a person"], capture_output=True, text=True, timeout=WAIT_S)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -360,39 +202,14 @@ def test_late_node_gets_the_last_command(early_command):
 
 
 # ---- the README's command, and bad launch arguments ----------------------------------------------
-def _ros2_launch(*arguments: str, until: str, timeout: float = WAIT_S) -> tuple[int | None, str]:
-    """Run `ros2 launch coupalign_ros coupalign.launch.py ...` until ``until`` is printed or it exits."""
-    import signal
-    import subprocess
-
-    proc = subprocess.Popen(["ros2", "launch", "coupalign_ros", "coupalign.launch.py", *arguments],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None and until not in "".join(output):
-        time.sleep(0.1)
-    code = proc.poll()
-    if code is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    reader.join(timeout=5)
-    return code, "".join(output)
-
-
 def test_plain_launch_without_a_checkpoint_explains_what_is_missing():
-    code, text = _ros2_launch(until="checkpoint' is empty")
+    code, text = ros2_launch(until="checkpoint' is empty")
     assert code is None, text[-3000:]  # still running (unconfigured), not crashed
     assert "configure failed: parameter 'checkpoint' is empty" in text
 
 
 def test_bad_launch_arguments_are_refused_before_the_node_starts(checkpoint):
-    code, text = _ros2_launch(f"checkpoint:={checkpoint}", "threshold:=high", until="is not a valid float")
+    code, text = ros2_launch(f"checkpoint:={checkpoint}", "threshold:=high", until="is not a valid float")
     assert "launch argument threshold:='high' is not a valid float" in text, text[-3000:]
-    code, text = _ros2_launch(f"checkpoint:={checkpoint}", "threshold:=2", until="above the maximum")
+    code, text = ros2_launch(f"checkpoint:={checkpoint}", "threshold:=2", until="above the maximum")
     assert "threshold=2.0 is above the maximum 1" in text, text[-3000:]
