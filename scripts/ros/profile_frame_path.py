@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What one camera frame costs the node besides the model call, measured side by side with it.
 
-    python scripts/profile_frame_path.py --frames 40                       # this checkout
-    python scripts/profile_frame_path.py --compare /tmp/before . --rounds 3 --json out.json
+    python scripts/ros/profile_frame_path.py --frames 40                       # this checkout
+    python scripts/ros/profile_frame_path.py --compare /tmp/before . --rounds 3 --json out.json
 
 A 640x480 bgr8 ``sensor_msgs/Image`` (its fields, with the data in ``array.array('B')`` as rclpy
 gives it) goes the node's way: the image conversion (cv_bridge where it imports, else the ROS-free
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the results here ('-': stdout, one line)")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
-    checkpoint = args.checkpoint or Path(__file__).resolve().parents[1] / "models" / "coupalign-synthetic.safetensors"
+    checkpoint = args.checkpoint or Path(__file__).resolve().parents[2] / "models" / "coupalign-synthetic.safetensors"
     if args.compare:
         passed = ["--checkpoint", str(checkpoint.resolve()), "--frames", str(args.frames), "--size", args.size,
                   "--text", args.text]
