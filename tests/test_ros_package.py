@@ -144,8 +144,12 @@ def test_pip_installs_the_python_packages_scripts_and_interface_text(tmp_path):
         copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                             if (ROOT / name).is_dir() else {}))
     prefix = tmp_path / "prefix"
+    # "--ignore-installed": without it pip uninstalls the environment's own install of the same
+    # distribution (an editable one included) before installing into the prefix.
+    before = subprocess.run([sys.executable, "-m", "pip", "list", "--format=freeze"], capture_output=True,
+                            text=True, timeout=120).stdout.lower()
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--prefix", str(prefix), str(source)],
+                           "--no-index", "--ignore-installed", "--prefix", str(prefix), str(source)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     site = next(prefix.glob("lib/python3*/site-packages"))
@@ -163,6 +167,10 @@ def test_pip_installs_the_python_packages_scripts_and_interface_text(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     bags_file, size, params_file = out.stdout.split()
     assert bags_file.startswith(str(site)) and params_file.startswith(str(site)) and int(size) > 100
+    # the install into a prefix left this environment's own packages (the project's editable install) alone
+    after = subprocess.run([sys.executable, "-m", "pip", "list", "--format=freeze"], capture_output=True,
+                           text=True, timeout=120).stdout.lower()
+    assert after == before
 
 
 # ---- launch files (static: launch itself needs ROS; tests/ros/ runs them) -----------------------
