@@ -1,0 +1,1 @@
+"""A rendered RGB-D tabletop world in the refer layout (``coupalign sim``)."""
