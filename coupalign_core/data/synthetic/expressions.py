@@ -106,6 +106,7 @@ class Lexicon:
     categories: tuple[str, ...]
     colors: tuple[str, ...]
     sizes: tuple[str, ...]
+    directions: tuple[str, ...] = DIRECTIONS  # the extremes a no-target description may add ("the leftmost ...")
 
 
 SHAPES_LEXICON = Lexicon(SHAPE_WORDS, PLURALS, SIZE_WORDS, SHAPES, tuple(COLORS), SIZES)
@@ -458,7 +459,7 @@ def make_refs(rng: np.random.Generator, objects: Sequence[ObjectView], *, num_re
         group = mix[int(rng.choice(len(mix), p=p / p.sum()))]
         query = _choice(rng, absent[group])
         if rng.random() < 0.3:  # "the leftmost blue star" when there is no blue star at all
-            query = {"np": query["np"], "spatial": {"type": "extreme", "dir": _choice(rng, DIRECTIONS)}}
+            query = {"np": query["np"], "spatial": {"type": "extreme", "dir": _choice(rng, lexicon.directions)}}
         sentence = _sentence(rng, "attribute" if query["spatial"] is None else "location", query, say, no_target=True)
         if sentence is not None:
             sentence["kind"] = "no_target"

@@ -22,6 +22,9 @@ frame, metres):
   not be).
 
 As in the 2D world, a close call makes :func:`resolve` return None and the generator drops the query.
+Image up and down are left out: on a table seen from above, "the highest mug" or "the cup over the
+box" would read as height, not as a place in the picture; near / far and behind / in front of say
+what they meant.
 """
 
 from __future__ import annotations
@@ -43,10 +46,12 @@ LATERAL_BAND = 0.10  # metres, sideways (optical x) between an object and the la
 RELATIONS_3D: dict[str, str] = {  # relation -> the kind of sentence it makes
     "behind": "depth_relation", "in_front": "depth_relation", "in": "support", "on": "support"}
 
+IMAGE_VERTICAL = frozenset({"top", "bottom", "above", "below"})  # 2D directions and relations left out (see above)
 LEXICON = ex.Lexicon(
     category_words={name: c.words for name, c in CATEGORIES.items()},
     plurals={w: p for c in CATEGORIES.values() for w, p in zip(c.words, c.plurals)},
     size_words=ex.SIZE_WORDS, categories=tuple(CATEGORIES), colors=tuple(COLORS), sizes=SIZES,
+    directions=tuple(d for d in ex.DIRECTIONS if d not in IMAGE_VERTICAL),
 )
 
 DISTANCE_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -111,12 +116,18 @@ def resolve(query: dict[str, Any], objects: Sequence[TableView]) -> list[int] | 
     return chosen
 
 
+def _image_vertical(query: dict[str, Any]) -> bool:
+    spatial = query.get("spatial") or {}
+    return spatial.get("dir") in IMAGE_VERTICAL or spatial.get("rel") in IMAGE_VERTICAL
+
+
 def query_options(objects: Sequence[ex.ObjectView], target: int) -> dict[str, list[dict[str, Any]]]:
     """For each kind (2D and 3D), every query that refers to exactly ``target``."""
     views = [o for o in objects if isinstance(o, TableView)]
     if len(views) != len(objects):
         raise TypeError("tabletop queries need TableView objects")
-    options = ex.query_options(views, target)
+    options = {kind: [q for q in queries if not _image_vertical(q)]
+               for kind, queries in ex.query_options(views, target).items()}
     options.update({k: [] for k in KINDS_3D})
 
     def refers(q: dict[str, Any]) -> bool:

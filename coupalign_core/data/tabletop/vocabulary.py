@@ -18,10 +18,12 @@ def generator_words() -> frozenset[str]:
     """Every word of the tabletop generator's target sentences (the vocabulary a model trained on it grounds)."""
     lex = tx.LEXICON
     return template_words((
-        lex.category_words, lex.plurals, lex.size_words, lex.colors, ex.ORDINAL_WORDS, ex.EXTREME_TEMPLATES,
-        ex.CENTER_TEMPLATES, ex.ORDINAL_TEMPLATES, ex.RELATION_WORDS, ex.RELATION_TEMPLATES, ex.LONG_ADVERBS,
+        lex.category_words, lex.plurals, lex.size_words, lex.colors, ex.ORDINAL_WORDS,
+        {d: ex.EXTREME_TEMPLATES[d] for d in lex.directions}, ex.CENTER_TEMPLATES, ex.ORDINAL_TEMPLATES,
+        {r: w for r, w in ex.RELATION_WORDS.items() if r not in tx.IMAGE_VERTICAL}, ex.RELATION_TEMPLATES,
+        {d: a for d, a in ex.LONG_ADVERBS.items() if d not in tx.IMAGE_VERTICAL},
         ex.LONG_EXTREME_TEMPLATES, ex.LONG_ORDINAL_TEMPLATES, ex.LONG_RELATION_TEMPLATES, ex.LONG_ATTRIBUTE_TEMPLATES,
-        ex.DIRECTIONS, tx.DISTANCE_TEMPLATES, tx.RELATION_3D_WORDS, tx.RELATION_3D_TEMPLATES, _INLINE_WORDS))
+        lex.directions, tx.DISTANCE_TEMPLATES, tx.RELATION_3D_WORDS, tx.RELATION_3D_TEMPLATES, _INLINE_WORDS))
 
 
 @functools.lru_cache(maxsize=1)

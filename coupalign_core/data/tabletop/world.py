@@ -82,12 +82,12 @@ TABLE_COLORS: tuple[tuple[float, float, float], ...] = (
     (0.35, 0.27, 0.20), (0.86, 0.84, 0.80), (0.60, 0.52, 0.44),
 )
 
-TRAY_PROB = 0.35
+TRAY_PROB = 0.45
 GROUP_PROB = 0.6  # a group of 3-4 identical objects (category, colour, size)
 PAIR_PROB = 0.5
 TOUCH_PROB = 0.4  # a table object is placed against one already there
-IN_TRAY_PROB = 0.35  # ... or, when it fits, inside the tray
-STACK_PROB = 0.15  # ... or on top of a flat-topped object
+IN_TRAY_PROB = 0.45  # ... or, when it fits, inside the tray
+STACK_PROB = 0.2  # ... or on top of a flat-topped object
 MAX_IN_TRAY = 3
 MAX_STACKED_RADIUS = 0.06  # only small things go on top of others or into the tray
 
