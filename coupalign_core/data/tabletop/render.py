@@ -123,12 +123,25 @@ class TabletopRenderer:
                                            globalScaling=scale, physicsClientId=self._client))
         return bodies[:count]
 
+    def _place(self, body: int, position: tuple[float, float, float], yaw: float) -> None:
+        """Puts the mesh frame (the URDF link frame) of ``body`` at ``position`` with ``yaw``.
+
+        pybullet's base pose is that of the centre of mass, which some URDFs (the duck) put away
+        from the link frame, so the inertial offset is added here.
+        """
+        p, cid = self._p, self._client
+        inertial = np.asarray(p.getDynamicsInfo(body, -1, physicsClientId=cid)[3], dtype=np.float64)
+        c, s = math.cos(yaw), math.sin(yaw)
+        offset = np.array([c * inertial[0] - s * inertial[1], s * inertial[0] + c * inertial[1], inertial[2]])
+        p.resetBasePositionAndOrientation(body, (np.asarray(position) + offset).tolist(),
+                                          p.getQuaternionFromEuler([0, 0, yaw]), physicsClientId=cid)
+
     def aabb(self, category: str, scale: float = 1.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """pybullet's axis-aligned box of a category's mesh at the origin (what ``Category.aabb`` holds)."""
+        """pybullet's axis-aligned box of a category's mesh frame at the origin (what ``Category.aabb`` holds)."""
         body = self._bodies(category, scale, 1)[0]
-        self._p.resetBasePositionAndOrientation(body, [0, 0, 0], [0, 0, 0, 1], physicsClientId=self._client)
+        self._place(body, (0.0, 0.0, 0.0), 0.0)
         lo, hi = self._p.getAABB(body, physicsClientId=self._client)
-        self._p.resetBasePositionAndOrientation(body, [0, 0, PARK_Z], [0, 0, 0, 1], physicsClientId=self._client)
+        self._place(body, (0.0, 0.0, PARK_Z), 0.0)
         return tuple(lo), tuple(hi)
 
     def _arrange(self, objects: list[TableObject]) -> dict[int, int]:
@@ -146,9 +159,7 @@ class TabletopRenderer:
                 p.resetBasePositionAndOrientation(body, [0, 0, PARK_Z], [0, 0, 0, 1], physicsClientId=cid)
         for body, i in body_of.items():
             obj = objects[i]
-            position, yaw = obj.base_pose()
-            p.resetBasePositionAndOrientation(body, position, p.getQuaternionFromEuler([0, 0, yaw]),
-                                              physicsClientId=cid)
+            self._place(body, *obj.base_pose())
             rgba = [c / 255.0 for c in COLORS[obj.color]] + [1.0]
             p.changeVisualShape(body, -1, rgbaColor=rgba, textureUniqueId=-1, physicsClientId=cid)
         return body_of
