@@ -253,6 +253,8 @@ def referents(query, objs, info):
     out = set()
     for o in cands:
         if rel in ("behind", "in_front"):
+            if o["support"] == lm["id"] or lm["support"] == o["id"]:
+                return "ill-posed"
             shift = (o["p"][2] - lm["p"][2]) * (1 if rel == "behind" else -1)
             side = abs(o["p"][0] - lm["p"][0])
             if shift >= depth_margin and side <= band:

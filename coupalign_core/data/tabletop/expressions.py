@@ -17,7 +17,8 @@ frame, metres):
   ``DEPTH_MARGIN`` farther (nearer).
 * behind / in front of: candidates (landmark excluded) at least ``DEPTH_MARGIN`` deeper (shallower)
   than the landmark and within ``LATERAL_BAND`` of it sideways; a candidate on that side but within
-  the margin, or deeper but only a little outside the band, is a close call.
+  the margin, or deeper but only a little outside the band, is a close call, and so is one that
+  stands on or in the landmark (or holds it): that is "on", not "behind".
 * in / on: the candidates that stand in the landmark (which must be a tray) or on it (which must
   not be).
 
@@ -106,6 +107,8 @@ def resolve(query: dict[str, Any], objects: Sequence[TableView]) -> list[int] | 
     lm = objects[landmark]
     chosen = []
     for i in cands:
+        if objects[i].support == landmark or lm.support == i:
+            return None  # one stands on the other
         depth = objects[i].cam_z - lm.cam_z
         depth = depth if rel == "behind" else -depth
         lateral = abs(objects[i].cam_x - lm.cam_x)
