@@ -22,6 +22,7 @@ IMAGE_TOPIC = "/camera/image_raw"
 COMMAND_TOPIC = "/coupalign/command"
 GT_TOPIC = "/coupalign/gt_mask"
 RESULT_TOPIC = "/coupalign/result"
+COLOR_TOPIC = "/camera/color/image_raw"  # the colour image of a bag with depth (RealSense's name)
 DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
 CAMERA_INFO_TOPIC = "/camera/color/camera_info"
 DEPTH_INFO_TOPIC = "/camera/aligned_depth_to_color/camera_info"
