@@ -12,46 +12,30 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .synth import parse_size
+from .synth import add_world_arguments, parse_size, summary_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from coupalign_core.data.tabletop.writer import DEFAULT_IMAGE_SIZE, DEFAULT_NO_TARGET_FRACTION
 
     parser.add_argument("--out", required=True, help="data root to write (ROOT)")
-    parser.add_argument("--seed", type=int, default=0, help="selects the world: another seed, other scenes")
     parser.add_argument("--images", "--num-images", dest="num_images", type=int, required=True,
                         help="number of images over all splits")
     parser.add_argument("--size", "--image-size", dest="image_size", type=parse_size, default=DEFAULT_IMAGE_SIZE,
                         metavar="WxH", help="rendered width x height (default %dx%d)" % DEFAULT_IMAGE_SIZE)
-    parser.add_argument("--no-target-fraction", type=float, default=DEFAULT_NO_TARGET_FRACTION,
-                        help="expected share of refs naming something absent (empty mask; default %(default)s)")
-    parser.add_argument("--phrasing-fraction", type=float, default=0.0,
-                        help="share of sentences phrased as commands to a robot (default %(default)s)")
-    parser.add_argument("--ood-negative-fraction", type=float, default=0.0,
-                        help="expected share of refs that are out-of-domain no-target commands (default %(default)s)")
     parser.add_argument("--renderer", choices=("tiny", "egl"), default="tiny",
                         help="pybullet's CPU TinyRenderer (default) or its EGL plug-in on a GPU")
     parser.add_argument("--float-depth", action="store_true", help="also write the exact float32 depth (.npy)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes rendering images (default 1); the world is the same for any count")
-    parser.add_argument("--overwrite", action="store_true", help="replace a tabletop world already under ROOT")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_world_arguments(parser, DEFAULT_NO_TARGET_FRACTION)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     width, height = summary["image_size"]
     lines = [f"tabletop world (seed {summary['seed']}, {width}x{height}) under {summary['root']}",
-             f"{'split':<8}{'images':>8}{'refs':>8}{'sentences':>11}"]
-    for split, c in summary["splits"].items():
-        lines.append(f"{split:<8}{c.get('images', 0):>8}{c.get('refs', 0):>8}{c.get('sentences', 0):>11}")
-    total = sum(summary["kinds"].values())
-    lines.append(f"{'kind':<15}{'sentences':>10}{'share':>8}")
-    for kind, n in summary["kinds"].items():
-        lines.append(f"{kind:<15}{n:>10}{100.0 * n / max(total, 1):>7.1f}%")
-    lines.append(f"objects seen {summary.get('objects', 0)}, possible targets {summary.get('referable_objects', 0)}, "
-                 f"stacked {summary.get('stacked_objects', 0)}, in the tray {summary.get('objects_in_tray', 0)}, "
-                 f"images with >= 3 objects of one category and colour {summary.get('images_with_3_alike', 0)}")
+             *summary_tables(summary),
+             f"objects seen {summary.get('objects', 0)}, possible targets {summary.get('referable_objects', 0)}, "
+             f"stacked {summary.get('stacked_objects', 0)}, in the tray {summary.get('objects_in_tray', 0)}, "
+             f"images with >= 3 objects of one category and colour {summary.get('images_with_3_alike', 0)}"]
     return "\n".join(lines)
 
 
