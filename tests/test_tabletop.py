@@ -236,7 +236,7 @@ def referents(query, objs, info):
         return ranked_pick(key, sp.get("rank", 1), margin)
     if sp["type"] == "distance":
         sign = 1 if sp["dir"] == "near" else -1
-        return ranked_pick(lambda o: sign * float(np.linalg.norm(o["p"])), 1, depth_margin)
+        return ranked_pick(lambda o: sign * float(np.linalg.norm(o["p"])), sp.get("rank", 1), depth_margin)
     if sp["type"] == "center" or sp["rel"] == "near":
         cx, cy = (0.5, 0.5) if sp["type"] == "center" else (lm["x"], lm["y"])
         ranked = sorted(cands, key=lambda o: math.hypot(o["x"] - cx, o["y"] - cy))
@@ -293,10 +293,20 @@ def test_every_sentence_has_exactly_its_referent(world):
             assert sp.get("dir") not in ("top", "bottom") and sp.get("rel") not in ("above", "below"), text
             if kind == "distance":
                 assert sp["type"] == "distance"
+                assert sp.get("rank", 1) == 1 or {2: " second ", 3: " third "}[sp["rank"]] in text, text
             elif kind in ("depth_relation", "support"):
                 assert sp["rel"] in (("behind", "in_front") if kind == "depth_relation" else ("in", "on"))
             checked[kind] += 1
     assert words and set(checked) == set(KINDS), set(KINDS) - set(checked)
+
+
+def test_generator_vocabulary_covers_every_target_sentence(world):
+    from coupalign_core.data.tabletop.vocabulary import generator_words
+
+    _, _, refs, _ = world
+    words = {w for r in refs for s in r["sentences"] if not s["no_target"] for w in s["sent"].split()}
+    assert words <= generator_words(), words - generator_words()
+    assert {"behind", "closest", "tray"} <= generator_words() and "highest" not in generator_words()
 
 
 def test_loader_reads_every_split_with_empty_no_target_masks(world):

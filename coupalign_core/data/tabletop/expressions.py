@@ -4,7 +4,9 @@ The seven kinds of :mod:`coupalign_core.data.synthetic.expressions` apply unchan
 the 2D grammar's "shape"; image positions are visible-mask centroids), with the tabletop words
 (:data:`LEXICON`). Three kinds need the third dimension; their queries are::
 
-    distance        {"type": "distance", "dir": "near" | "far"}            "the mug closest to you"
+    distance        {"type": "distance", "dir": "near" | "far", "rank": 1 | 2 | 3}
+                                                                            "the mug closest to you",
+                                                                            "the second farthest ball"
     depth_relation  {"type": "relation", "rel": "behind" | "in_front", "landmark": np}
                                                                             "the duck behind the red mug"
     support         {"type": "relation", "rel": "in" | "on", "landmark": np}
@@ -13,8 +15,8 @@ the 2D grammar's "shape"; image positions are visible-mask centroids), with the 
 Meaning (object positions are the centroids of their visible surfaces in the camera's optical
 frame, metres):
 
-* distance: the candidate nearest to (farthest from) the camera; the runner-up must be
-  ``DEPTH_MARGIN`` farther (nearer).
+* distance: the candidate nearest to (farthest from) the camera, or the rank-th nearest (farthest);
+  every gap in distance up to it and just after it must be at least ``DEPTH_MARGIN``.
 * behind / in front of: candidates (landmark excluded) at least ``DEPTH_MARGIN`` deeper (shallower)
   than the landmark and within ``LATERAL_BAND`` of it sideways; a candidate on that side but within
   the margin, or deeper but only a little outside the band, is a close call, and so is one that
@@ -61,6 +63,12 @@ DISTANCE_TEMPLATES: dict[str, tuple[str, ...]] = {
     "far": ("the farthest {N}", "the {N} farthest from you", "the {N} furthest away", "the most distant {N}",
             "the {N} farthest from the camera"),
 }
+RANKED_DISTANCE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "near": ("the {ord} closest {N}", "the {ord} nearest {N}", "the {N} {ord} closest to you",
+             "the {N} {ord} nearest to the camera"),
+    "far": ("the {ord} farthest {N}", "the {ord} most distant {N}", "the {N} {ord} farthest from you",
+            "the {N} {ord} farthest from the camera"),
+}
 RELATION_3D_WORDS: dict[str, tuple[str, ...]] = {
     "behind": ("behind",), "in_front": ("in front of",), "in": ("in", "inside"), "on": ("on", "on top of"),
 }
@@ -93,7 +101,8 @@ def resolve(query: dict[str, Any], objects: Sequence[TableView]) -> list[int] | 
         if not cands:
             return []
         sign = 1.0 if spatial["dir"] == "near" else -1.0
-        return ex.pick_ranked(cands, [sign * objects[i].distance for i in cands], 1, margin=DEPTH_MARGIN)
+        keys = [sign * objects[i].distance for i in cands]
+        return ex.pick_ranked(cands, keys, int(spatial.get("rank", 1)), margin=DEPTH_MARGIN)
     found = ex.resolve({"np": spatial["landmark"], "spatial": None}, objects)
     if found is None or len(found) != 1:
         return None
@@ -143,6 +152,10 @@ def query_options(objects: Sequence[ex.ObjectView], target: int) -> dict[str, li
             q = {"np": np_, "spatial": {"type": "distance", "dir": direction}}
             if n >= 2 and refers(q):
                 options["distance"].append(q)
+            for rank in ex.ORDINAL_WORDS:
+                q = {"np": np_, "spatial": {"type": "distance", "dir": direction, "rank": rank}}
+                if n >= rank + 1 and refers(q):
+                    options["distance"].append(q)
         for j, lm_nps in landmarks.items():
             if not lm_nps:
                 continue
@@ -163,6 +176,9 @@ def render_text(rng: np.random.Generator, kind: str, query: dict[str, Any]) -> s
         return ex.render_text(rng, kind, query, LEXICON)
     spatial = query["spatial"]
     n_text = ex.np_text(rng, query["np"], lexicon=LEXICON)
+    if kind == "distance" and spatial.get("rank", 1) > 1:
+        template = str(rng.choice(RANKED_DISTANCE_TEMPLATES[spatial["dir"]]))
+        return template.format(N=n_text, ord=ex.ORDINAL_WORDS[spatial["rank"]])
     if kind == "distance":
         return str(rng.choice(DISTANCE_TEMPLATES[spatial["dir"]])).format(N=n_text)
     template = str(rng.choice(RELATION_3D_TEMPLATES))

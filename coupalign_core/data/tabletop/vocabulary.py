@@ -23,7 +23,8 @@ def generator_words() -> frozenset[str]:
         {r: w for r, w in ex.RELATION_WORDS.items() if r not in tx.IMAGE_VERTICAL}, ex.RELATION_TEMPLATES,
         {d: a for d, a in ex.LONG_ADVERBS.items() if d not in tx.IMAGE_VERTICAL},
         ex.LONG_EXTREME_TEMPLATES, ex.LONG_ORDINAL_TEMPLATES, ex.LONG_RELATION_TEMPLATES, ex.LONG_ATTRIBUTE_TEMPLATES,
-        lex.directions, tx.DISTANCE_TEMPLATES, tx.RELATION_3D_WORDS, tx.RELATION_3D_TEMPLATES, _INLINE_WORDS))
+        lex.directions, tx.DISTANCE_TEMPLATES, tx.RANKED_DISTANCE_TEMPLATES, tx.RELATION_3D_WORDS,
+        tx.RELATION_3D_TEMPLATES, _INLINE_WORDS))
 
 
 @functools.lru_cache(maxsize=1)
