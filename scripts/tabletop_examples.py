@@ -12,6 +12,7 @@ visible surface, optical frame) projected through the saved CameraInfo K.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import tempfile
 import textwrap
@@ -92,10 +93,11 @@ def contact_sheet(root: Path, items: list[int], ds: ReferDataset, path: str, sca
         row[0].set_title("\n".join(textwrap.wrap(text, 40)), fontsize=6.5, loc="left")
         row[1].set_title(title_point or "no target: nothing to point at", fontsize=6.5, loc="left")
     fig.tight_layout(pad=0.3)
-    fig.canvas.draw()
-    sheet = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    Image.fromarray(sheet).quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    sheet = Image.open(buffer).convert("RGB")
+    sheet.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)  # a palette PNG: smaller
 
 
 def main() -> None:
