@@ -19,13 +19,20 @@ same ``ReferringSegmentation`` the node publishes.
 from .files import BAG_VERSION, STORAGES, BagError, BagWriter, check_new_output
 from .interfaces import DISTROS, interface_dirs, interface_text, make_typestore, split_service
 from .layout import (
+    CAMERA_INFO_TOPIC,
+    CAMERA_INFO_TYPE,
+    COLOR_TOPIC,
     COMMAND_LEAD_NS,
     COMMAND_TOPIC,
     COMPRESSED_TYPE,
+    DEPTH_INFO_TOPIC,
+    DEPTH_TOPIC,
     FRAME_PERIOD_NS,
+    GT_POINT_TOPIC,
     GT_TOPIC,
     IMAGE_TOPIC,
     IMAGE_TYPE,
+    POINT_TYPE,
     RESULT_TOPIC,
     RESULT_TYPE,
     START_NS,
@@ -38,8 +45,9 @@ from .replay import check_bag, read_results, replay_bag
 from .report import ReplayReport
 
 __all__ = [
-    "BAG_VERSION", "COMMAND_LEAD_NS", "COMMAND_TOPIC", "COMPRESSED_TYPE", "DISTROS", "FRAME_PERIOD_NS", "GT_TOPIC",
-    "IMAGE_TOPIC", "IMAGE_TYPE", "RESULT_TOPIC", "RESULT_TYPE", "START_NS", "STORAGES", "STRING_TYPE",
+    "BAG_VERSION", "CAMERA_INFO_TOPIC", "CAMERA_INFO_TYPE", "COLOR_TOPIC", "COMMAND_LEAD_NS", "COMMAND_TOPIC",
+    "COMPRESSED_TYPE", "DEPTH_INFO_TOPIC", "DEPTH_TOPIC", "DISTROS", "FRAME_PERIOD_NS", "GT_POINT_TOPIC", "GT_TOPIC",
+    "IMAGE_TOPIC", "IMAGE_TYPE", "POINT_TYPE", "RESULT_TOPIC", "RESULT_TYPE", "START_NS", "STORAGES", "STRING_TYPE",
     "BagError", "BagItem", "BagReader", "BagWriter", "ReplayReport",
     "check_bag", "check_new_output", "image_message", "interface_dirs", "interface_text", "make_header",
     "make_typestore", "read_results", "refer_items", "replay_bag", "result_message", "split_service",

@@ -5,6 +5,12 @@
   QoS), stamped ``COMMAND_LEAD_NS`` before its image, so it is in force at the image's stamp
 - ``/coupalign/gt_mask`` ``sensor_msgs/Image`` mono8 (non-zero = target), same header stamp as
   its image
+- with depth (``make-bag --dataset tabletop``), on the topics the RealSense ROS 2 driver
+  (realsense2_camera, ``align_depth.enable:=true``) publishes: ``/camera/aligned_depth_to_color/image_raw``
+  ``sensor_msgs/Image`` 16UC1 millimetres, ``/camera/color/camera_info`` and
+  ``/camera/aligned_depth_to_color/camera_info`` ``sensor_msgs/CameraInfo``, each with its image's
+  header stamp; and ``/coupalign/gt_point`` ``geometry_msgs/PointStamped``, the target's ground-truth
+  3D point in the optical frame (frames that have a target only)
 - ``/coupalign/result`` ``coupalign_ros/ReferringSegmentation``, in the bags bag-eval writes
   (``coupalign_interfaces/ReferringSegmentation`` in bags written before the interfaces moved into
   the coupalign_ros package; still readable, see ``LEGACY_RESULT_TYPES``)
@@ -16,10 +22,17 @@ IMAGE_TOPIC = "/camera/image_raw"
 COMMAND_TOPIC = "/coupalign/command"
 GT_TOPIC = "/coupalign/gt_mask"
 RESULT_TOPIC = "/coupalign/result"
+COLOR_TOPIC = "/camera/color/image_raw"  # the colour image of a bag with depth (RealSense's name)
+DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
+CAMERA_INFO_TOPIC = "/camera/color/camera_info"
+DEPTH_INFO_TOPIC = "/camera/aligned_depth_to_color/camera_info"
+GT_POINT_TOPIC = "/coupalign/gt_point"
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STRING_TYPE = "std_msgs/msg/String"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+POINT_TYPE = "geometry_msgs/msg/PointStamped"
 RESULT_TYPE = "coupalign_ros/msg/ReferringSegmentation"
 # The same definition under its earlier package name, registered for reading older result bags.
 LEGACY_RESULT_TYPES = ("coupalign_interfaces/msg/ReferringSegmentation",)

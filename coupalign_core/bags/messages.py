@@ -35,6 +35,26 @@ def image_message(typestore: Typestore, fields: ImageFields, header: Any) -> Any
                  data=np.frombuffer(fields.data, dtype=np.uint8))
 
 
+def camera_info_message(typestore: Typestore, width: int, height: int, k: Any, header: Any) -> Any:
+    """A ``sensor_msgs/CameraInfo`` of an undistorted pinhole camera with matrix ``k`` (9 values, row-major)."""
+    CameraInfo = typestore.types["sensor_msgs/msg/CameraInfo"]
+    ROI = typestore.types["sensor_msgs/msg/RegionOfInterest"]
+    kk = np.asarray(k, dtype=np.float64).reshape(3, 3)
+    p = np.concatenate([kk, np.zeros((3, 1))], axis=1).reshape(-1)
+    return CameraInfo(header=header, height=int(height), width=int(width), distortion_model="plumb_bob",
+                      d=np.zeros(5, dtype=np.float64), k=kk.reshape(-1), r=np.eye(3, dtype=np.float64).reshape(-1),
+                      p=p, binning_x=0, binning_y=0,
+                      roi=ROI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+def point_message(typestore: Typestore, xyz: Any, header: Any) -> Any:
+    """A ``geometry_msgs/PointStamped`` at ``xyz`` (metres, in ``header.frame_id``)."""
+    Point = typestore.types["geometry_msgs/msg/Point"]
+    PointStamped = typestore.types["geometry_msgs/msg/PointStamped"]
+    x, y, z = (float(v) for v in xyz)
+    return PointStamped(header=header, point=Point(x=x, y=y, z=z))
+
+
 def image_to_rgb_array(message: Any, msgtype: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a ``sensor_msgs/Image`` or ``CompressedImage``; ValueError if malformed."""
     if msgtype == COMPRESSED_TYPE:

@@ -4,6 +4,12 @@ The replay is synchronous (every frame, none dropped for speed), so it scores ex
 computes for each frame. Commands and images are paired on the recording clock, which they share;
 header stamps may be on another clock (a bag re-recorded with `ros2 bag record`) and only pair an
 image with its ground truth.
+
+A bag with aligned depth, CameraInfo and ground-truth points (``make-bag --dataset tabletop``) is
+also scored in 3D: for every found target, the point the node would publish on ``~/target_point``
+(:func:`~coupalign_core.runtime.depth.mask_centroid_3d`, with the node's default limits) against the
+ground truth. Depth is read in a second pass over the bag, so only the found masks (bit-packed) are
+held in memory.
 """
 
 from __future__ import annotations
@@ -18,14 +24,20 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import numpy as np
 
 from ..runtime.conversions import mono8_to_mask
+from ..runtime.depth import depth_to_meters, mask_centroid_3d
 from ..runtime.pipeline import CommandBook, Frame, Pipeline, SegmentationOutput, SegmentFn
 from .files import BagError, BagWriter, check_new_output, describe
 from .layout import (
+    CAMERA_INFO_TOPIC,
+    CAMERA_INFO_TYPE,
     COMMAND_TOPIC,
     COMPRESSED_TYPE,
+    DEPTH_TOPIC,
+    GT_POINT_TOPIC,
     GT_TOPIC,
     IMAGE_TOPIC,
     IMAGE_TYPE,
+    POINT_TYPE,
     RESULT_TOPIC,
     RESULT_TYPE,
     STRING_TYPE,
@@ -121,6 +133,83 @@ def index_ground_truth(reader: BagReader, topic: Topic, pipeline: Pipeline) -> G
     return truth
 
 
+# ---- 3D target points ---------------------------------------------------------------------------
+# The node's defaults (coupalign_ros/params.py: depth_min_m, depth_max_m, depth_min_points).
+NODE_MIN_DEPTH_M = 0.1
+NODE_MAX_DEPTH_M = 10.0
+NODE_MIN_POINTS = 10
+
+
+@dataclass(frozen=True)
+class DepthTopics:
+    depth: str
+    camera_info: str
+    gt_point: str
+
+
+def depth_topics(reader: BagReader, depth_topic: Optional[str], camera_info_topic: Optional[str],
+                 gt_point_topic: Optional[str]) -> Optional[DepthTopics]:
+    """The depth, CameraInfo and ground-truth point topics when the bag has all three (of the right types)."""
+    if not (depth_topic and camera_info_topic and gt_point_topic):
+        return None
+    topics = reader.topics
+    wanted = ((depth_topic, IMAGE_TYPE), (camera_info_topic, CAMERA_INFO_TYPE), (gt_point_topic, POINT_TYPE))
+    if not all(name in topics for name, _ in wanted):
+        return None
+    for name, msgtype in wanted:
+        if topics[name].msgtype != msgtype:
+            raise BagError(f"{name} is {topics[name].msgtype}, not {msgtype}")
+    return DepthTopics(depth_topic, camera_info_topic, gt_point_topic)
+
+
+class PointScorer:
+    """Collects found masks of frames that have a ground-truth point, then scores them against depth."""
+
+    def __init__(self, reader: BagReader, topics: DepthTopics, pipeline: Pipeline):
+        self.topics = topics
+        self.points: dict[int, np.ndarray] = {}
+        self.k: dict[int, np.ndarray] = {}
+        for message in reader.messages([topics.gt_point, topics.camera_info]):
+            try:
+                msg = reader.decode(message)
+            except ValueError as e:
+                pipeline.reject("ground_truth", str(e))
+                continue
+            if message.topic == topics.gt_point:
+                p = msg.point
+                self.points[stamp_to_ns(msg.header)] = np.array([p.x, p.y, p.z], dtype=np.float64)
+            else:
+                self.k[stamp_to_ns(msg.header)] = np.asarray(msg.k, dtype=np.float64)
+        self._pending: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
+
+    def offer(self, output: SegmentationOutput) -> None:
+        stamp = stamp_to_ns(output.frame.header)
+        if output.found and stamp in self.points:
+            mask = np.asarray(output.result.mask, dtype=bool)
+            self._pending[stamp] = (mask.shape, np.packbits(mask))
+
+    def score(self, reader: BagReader, pipeline: Pipeline) -> list[float]:
+        """Errors (metres; NaN where depth gave no point) of the offered frames, in stamp order."""
+        errors: dict[int, float] = {stamp: float("nan") for stamp in self._pending}
+        for message in reader.messages([self.topics.depth]):
+            try:
+                msg = reader.decode(message)
+                stamp = stamp_to_ns(msg.header)
+                if stamp not in self._pending or stamp not in self.k:
+                    continue
+                meters = depth_to_meters(msg)
+            except ValueError as e:
+                pipeline.reject("depth", str(e))
+                continue
+            shape, packed = self._pending[stamp]
+            mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+            point = mask_centroid_3d(mask, meters, self.k[stamp], min_depth=NODE_MIN_DEPTH_M,
+                                     max_depth=NODE_MAX_DEPTH_M, min_points=NODE_MIN_POINTS)
+            if point is not None:
+                errors[stamp] = float(np.linalg.norm(np.array([point.x, point.y, point.z]) - self.points[stamp]))
+        return [errors[s] for s in sorted(errors)]
+
+
 # ---- frames -------------------------------------------------------------------------------------
 def frames_with_commands(reader: BagReader, topics: ReplayTopics, pipeline: Pipeline, report: ReplayReport,
                          command_immediate: bool = False) -> Iterator[Frame]:
@@ -212,6 +301,9 @@ def replay_bag(
     command_topic: str = COMMAND_TOPIC,
     gt_topic: Optional[str] = GT_TOPIC,
     gt_required: bool = False,
+    depth_topic: Optional[str] = DEPTH_TOPIC,
+    camera_info_topic: Optional[str] = CAMERA_INFO_TOPIC,
+    gt_point_topic: Optional[str] = GT_POINT_TOPIC,
     out: Optional[str | os.PathLike[str]] = None,
     out_storage: Optional[str] = None,
     result_topic: str = RESULT_TOPIC,
@@ -229,7 +321,9 @@ def replay_bag(
     ``out_storage``), scores them against ``gt_topic`` masks with RISMetrics, and draws a contact
     sheet of up to ``max_overlays`` frames to ``overlays``. ``out`` and ``overlays`` must not exist
     unless ``overwrite``. ``warmup`` segments the first frame once before timing. A bag cut short is
-    replayed up to the cut; ``ReplayReport.warnings`` says what was lost.
+    replayed up to the cut; ``ReplayReport.warnings`` says what was lost. When the bag has
+    ``depth_topic``, ``camera_info_topic`` and ``gt_point_topic``, the target point of every found
+    target is scored too (``ReplayReport.point_errors_m``; see the module docstring).
     """
     from tqdm import tqdm
 
@@ -251,6 +345,8 @@ def replay_bag(
         if gt_topic and topics.ground_truth is None:
             logger.warning("bag %s has no ground-truth topic %s: no metrics, latency only", bag, gt_topic)
         truth = index_ground_truth(reader, topics.ground_truth, pipeline) if topics.ground_truth else GroundTruth()
+        with_depth = depth_topics(reader, depth_topic, camera_info_topic, gt_point_topic)
+        points = PointScorer(reader, with_depth, pipeline) if with_depth else None
         picks = OverlayPicks(topics.image.count, max_overlays) if overlays else None
         writer_context = (BagWriter(out, out_storage or reader.storage, overwrite=overwrite)
                           if out is not None else contextlib.nullcontext(None))
@@ -273,6 +369,10 @@ def replay_bag(
                     report.with_ground_truth += 1
                 if picks is not None:
                     picks.offer(report.processed, output, target, len(metrics) - 1 if target is not None else None)
+                if points is not None:
+                    points.offer(output)
+        if points is not None:
+            report.point_errors_m = points.score(reader, pipeline)
         report.warnings = list(reader.warnings)
 
     for warning in report.warnings[reported:]:  # reading stopped at a corrupt record

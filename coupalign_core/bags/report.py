@@ -22,6 +22,23 @@ class ReplayReport:
     out_bag: Optional[str] = None
     overlays: Optional[str] = None
     warnings: list[str] = field(default_factory=list)  # what of a damaged bag could not be read
+    # 3D error (metres) of each found target with a ground-truth point; NaN where depth gave no point
+    point_errors_m: list[float] = field(default_factory=list)
+
+    def point_summary(self) -> dict[str, Any]:
+        """The target point's error over found targets: median, p90 (of those with a point) and the
+        shares within 2 and 5 cm (of all found targets: no point counts as a miss)."""
+        if not self.point_errors_m:
+            return {}
+        errors = np.asarray(self.point_errors_m, dtype=np.float64)
+        have = errors[np.isfinite(errors)]
+        return {
+            "point_n": int(errors.size), "point_estimated": int(have.size),
+            "point_error_m_median": float(np.median(have)) if have.size else None,
+            "point_error_m_p90": float(np.percentile(have, 90)) if have.size else None,
+            "point_within_2cm": float(100.0 * (have <= 0.02).sum() / errors.size),
+            "point_within_5cm": float(100.0 * (have <= 0.05).sum() / errors.size),
+        }
 
     def latency_summary(self) -> dict[str, float]:
         lat = np.asarray(self.latencies_ms, dtype=np.float64)
@@ -38,6 +55,7 @@ class ReplayReport:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.metrics or {})
         out.update(self.latency_summary())
+        out.update(self.point_summary())
         out.update({
             "bag": self.bag, "frames": self.frames, "processed": self.processed,
             "with_ground_truth": self.with_ground_truth,

@@ -6,6 +6,9 @@ coupalign_ros/ReferringSegmentation results to --out, and, when the bag carries 
 ground-truth masks (same header stamp as their image), prints oIoU, mIoU and prec@X. --json writes
 RISMetrics.compute() plus per-frame latency figures; --overlays a PNG contact sheet. None of the
 outputs may exist unless --overwrite; they are checked, and the bag is opened, before the model loads.
+A bag with aligned depth, CameraInfo and ground-truth 3D points (`make-bag --dataset tabletop`) is also
+scored in 3D: the error of the point the node publishes on ~/target_point (same function, the node's
+default limits) for every found target: median, p90, and the shares within 2 and 5 cm.
 An MCAP cut short (a recording that did not finish) is replayed up to the cut, with a warning that
 says how many messages were lost.
 
@@ -23,7 +26,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from coupalign_core.bags import COMMAND_TOPIC, DISTROS, GT_TOPIC, IMAGE_TOPIC, RESULT_TOPIC, STORAGES
+from coupalign_core.bags import (
+    CAMERA_INFO_TOPIC,
+    COLOR_TOPIC,
+    COMMAND_TOPIC,
+    DEPTH_TOPIC,
+    DISTROS,
+    GT_POINT_TOPIC,
+    GT_TOPIC,
+    IMAGE_TOPIC,
+    RESULT_TOPIC,
+    STORAGES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
     parser.add_argument("--threshold", type=float, default=0.5, help="score at or above which found=True")
-    parser.add_argument("--image-topic", default=IMAGE_TOPIC, help=f"(default: {IMAGE_TOPIC})")
+    parser.add_argument("--image-topic", help=f"(default: {IMAGE_TOPIC}, or {COLOR_TOPIC} when only that is there)")
     parser.add_argument("--command-topic", default=COMMAND_TOPIC, help=f"(default: {COMMAND_TOPIC})")
     parser.add_argument("--gt-topic", default=GT_TOPIC,
                         help=f"ground-truth mono8 masks (default: {GT_TOPIC}; scored when present)")
+    parser.add_argument("--depth-topic", default=DEPTH_TOPIC, help=f"aligned depth (default: {DEPTH_TOPIC})")
+    parser.add_argument("--camera-info-topic", default=CAMERA_INFO_TOPIC, help=f"(default: {CAMERA_INFO_TOPIC})")
+    parser.add_argument("--gt-point-topic", default=GT_POINT_TOPIC,
+                        help=f"ground-truth 3D points (default: {GT_POINT_TOPIC}; 3D scored when all three are there)")
     parser.add_argument("--distro", choices=DISTROS, default="jazzy",
                         help="type store for bags without message definitions (default: jazzy)")
     parser.add_argument("--out", help="write the results to this new bag folder")
@@ -66,6 +84,12 @@ def format_report(report: dict[str, Any]) -> str:
     if "latency_ms_p50" in report:
         lines.append(f"  latency ms: mean {report['latency_ms_mean']:.1f}  p50 {report['latency_ms_p50']:.1f}  "
                      f"p90 {report['latency_ms_p90']:.1f}  p99 {report['latency_ms_p99']:.1f}")
+    if "point_n" in report:
+        median, p90 = report["point_error_m_median"], report["point_error_m_p90"]
+        errors = (f"median {100 * median:.1f} cm  p90 {100 * p90:.1f} cm  " if median is not None else "")
+        lines.append(f"  target point: {errors}within 2 cm {report['point_within_2cm']:.1f}%  "
+                     f"within 5 cm {report['point_within_5cm']:.1f}%  "
+                     f"({report['point_estimated']}/{report['point_n']} found targets with a point)")
     if report["dropped"] or report["rejected"] or report["errors"]:
         lines.append(f"  dropped {report['dropped']}  rejected {report['rejected']}  errors {report['errors']}")
     return "\n".join(lines)
@@ -83,6 +107,15 @@ def write_json(report: dict[str, Any], path: Path) -> None:
         raise ValueError(f"cannot write --json file {path}: {e.strerror or e}") from e
 
 
+def default_image_topic(bag: str, distro: str) -> str:
+    """/camera/image_raw, or the RealSense colour topic of a bag with depth that has only that."""
+    from coupalign_core.bags import BagReader
+
+    with BagReader(bag, distro) as reader:
+        topics = reader.topics
+    return COLOR_TOPIC if IMAGE_TOPIC not in topics and COLOR_TOPIC in topics else IMAGE_TOPIC
+
+
 def run(args: argparse.Namespace) -> int:
     from coupalign_core.bags import check_bag, check_new_output, replay_bag
     from coupalign_core.inference import Segmenter
@@ -95,14 +128,17 @@ def run(args: argparse.Namespace) -> int:
     check_new_output(args.out, "output bag", overwrite=args.overwrite, bag=True)
     check_new_output(args.json_out, "--json file", overwrite=args.overwrite)
     check_new_output(args.overlays, "overlay sheet", overwrite=args.overwrite)
-    check_bag(args.bag, distro=args.distro, image_topic=args.image_topic, command_topic=args.command_topic,
+    image_topic = args.image_topic or default_image_topic(args.bag, args.distro)
+    check_bag(args.bag, distro=args.distro, image_topic=image_topic, command_topic=args.command_topic,
               gt_topic=args.gt_topic)
     # The Segmenter alone decides found (score >= --threshold); the replay reads it.
     segmenter = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device,
                                           precision=args.precision, threshold=args.threshold)
     report = replay_bag(
-        args.bag, segmenter, distro=args.distro, image_topic=args.image_topic,
-        command_topic=args.command_topic, gt_topic=args.gt_topic, out=args.out, out_storage=args.out_storage,
+        args.bag, segmenter, distro=args.distro, image_topic=image_topic,
+        command_topic=args.command_topic, gt_topic=args.gt_topic, depth_topic=args.depth_topic,
+        camera_info_topic=args.camera_info_topic, gt_point_topic=args.gt_point_topic, out=args.out,
+        out_storage=args.out_storage,
         result_topic=args.result_topic, overlays=args.overlays, max_overlays=args.max_overlays,
         command_immediate=args.command_immediate, warmup=not args.no_warmup, progress=not args.no_progress,
         overwrite=args.overwrite,

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a CoupAlign checkpoint (.pt)")
     parser.add_argument("--data-root", required=True, help="root of the refer layout")
     parser.add_argument("--dataset", default="synthetic",
-                        help="refcoco, refcoco+, refcocog, refclef or synthetic (default: synthetic)")
+                        help="refcoco, refcoco+, refcocog, refclef, synthetic or tabletop (default: synthetic)")
     parser.add_argument("--split-by", default="unc", help="unc, umd, google or berkeley (default: unc)")
     parser.add_argument("--splits", nargs="+", default=["val"], help="splits to score (default: val)")
     parser.add_argument("--image-root", help="image folder (default: the data set's usual folder under --data-root)")

@@ -16,6 +16,7 @@ from typing import Sequence
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "the main job: replay a synthetic bag through the shipped model and score it"),
     "synth": ("synth", "write a synthetic referring benchmark in the refer layout"),
+    "sim": ("sim", "render the RGB-D tabletop referring world in the refer layout"),
     "train": ("train", "train a model from a YAML config (single process or torchrun)"),
     "eval": ("evaluate", "score a checkpoint on refer-layout splits (oIoU, mIoU, prec@X)"),
     "segment": ("segment", "segment one image with one sentence and save the overlay"),

@@ -8,6 +8,7 @@ Layout (the one the refer API, LAVT and most RIS code bases read)::
     <data_root>/images/mscoco/images/train2014/ images of refcoco, refcoco+, refcocog
     <data_root>/images/saiapr_tc-12/            images of refclef (ReferIt)
     <data_root>/images/synthetic/               images written by ``coupalign synth``
+    <data_root>/images/tabletop/                images (and depth/ beside them) written by ``coupalign sim``
 
 A ref is ``{ref_id, ann_id, image_id, category_id, split, file_name, sent_ids,
 sentences=[{sent_id, raw, sent, tokens, ...}]}``. Its ``file_name`` carries an annotation suffix and is
@@ -57,6 +58,7 @@ DATASET_SPLITS: dict[tuple[str, str], tuple[str, ...]] = {
     ("refclef", "unc"): ("train", "val", "testA", "testB", "testC", "test"),
     ("refclef", "berkeley"): ("train", "val", "test"),
     ("synthetic", "unc"): ("train", "val", "testA", "testB", "test"),
+    ("tabletop", "unc"): ("train", "val", "testA", "testB", "test"),
 }
 
 # dataset -> image folder relative to data_root (the refer API's IMAGE_DIR).
@@ -66,6 +68,7 @@ DEFAULT_IMAGE_DIRS: dict[str, str] = {
     "refcocog": "images/mscoco/images/train2014",
     "refclef": "images/saiapr_tc-12",
     "synthetic": "images/synthetic",
+    "tabletop": "images/tabletop",
 }
 
 SENTENCE_MODES = ("all", "random")

@@ -231,6 +231,15 @@ def mask_to_mono8(mask: np.ndarray) -> ImageFields:
     return ImageFields(h, w, "mono8", 0, w, data)
 
 
+def depth_mm_to_image_fields(depth_mm: np.ndarray) -> ImageFields:
+    """(H, W) uint16 millimetres -> ``16UC1`` Image fields (little-endian, 0 = no reading), as depth cameras publish."""
+    depth_mm = np.asarray(depth_mm)
+    if depth_mm.ndim != 2 or depth_mm.dtype != np.uint16:
+        raise ValueError(f"depth must be a 2-D uint16 array of millimetres, got {depth_mm.dtype} {depth_mm.shape}")
+    h, w = depth_mm.shape
+    return ImageFields(h, w, "16UC1", 0, 2 * w, depth_mm.astype("<u2").tobytes())
+
+
 def mask_to_mono8_buffer(mask: np.ndarray) -> array.array:
     """(H, W) bool mask -> its mono8 bytes (255 = target) in ``array.array('B')``, written once.
 

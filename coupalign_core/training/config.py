@@ -110,8 +110,9 @@ class DataConfig:
     val_max_samples: Optional[int] = None
     val_batch_size: Optional[int] = None  # None: the training per-process batch size
     skip_missing_images: bool = False
-    # {seed, num_images, ...}: keyword arguments of coupalign_core.data.synthetic.generate, run on
-    # rank 0 before training when data_root holds no data set yet (a fresh machine needs no step).
+    # {seed, num_images, ...}: keyword arguments of coupalign_core.data.synthetic.generate (of
+    # coupalign_core.data.tabletop.generate for dataset "tabletop"), run on rank 0 before training
+    # when data_root holds no data set yet (a fresh machine needs no step).
     synthesize: Optional[dict[str, Any]] = None
     # What "an epoch" is. The paper's "trained for 50 epochs" does not say, and a referred object has
     # several sentences (RefCOCO train: 42,404 objects, ~120,600 sentences). "one_per_ref": one item

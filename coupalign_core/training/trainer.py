@@ -324,10 +324,11 @@ class Trainer:
         data = self.config.data
         refs = Path(data.data_root) / data.dataset / f"refs({data.split_by}).p"
         if self.ctx.is_main and not refs.is_file():
-            from ..data.synthetic import generate
+            from ..data import synthetic, tabletop
 
+            world = tabletop if data.dataset == "tabletop" else synthetic  # coupalign sim's world, or synth's
             log.info("data.synthesize: %s is absent; generating %s", refs, synthesize)
-            generate(data.data_root, **synthesize)
+            world.generate(data.data_root, **synthesize)
         barrier(self.ctx)
 
     # ---- checkpoints ------------------------------------------------------------------------------

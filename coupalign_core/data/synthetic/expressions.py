@@ -30,7 +30,7 @@ A close call (a gap below the margin, a borderline candidate) makes the query il
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -92,6 +92,25 @@ LONG_RELATION_TEMPLATES = ("the {N} that is located {rel} the {L} in the picture
 LONG_ATTRIBUTE_TEMPLATES = ("the {N} that can be seen in the picture", "there is a {N} in the image, that one",
                             "the only {N} in this picture")
 
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """A world's description words: what :func:`np_text` writes for a category, colour and size, and the
+    attribute values that descriptions of absent things (:func:`absent_queries`) combine. The 2D
+    world's is :data:`SHAPES_LEXICON`; another world passes its own (``data.tabletop``)."""
+
+    category_words: dict[str, tuple[str, ...]]  # category -> its words (the first is its name)
+    plurals: dict[str, str]  # word -> plural
+    size_words: dict[str, tuple[str, ...]]
+    categories: tuple[str, ...]
+    colors: tuple[str, ...]
+    sizes: tuple[str, ...]
+    directions: tuple[str, ...] = DIRECTIONS  # the extremes a no-target description may add ("the leftmost ...")
+
+
+SHAPES_LEXICON = Lexicon(SHAPE_WORDS, PLURALS, SIZE_WORDS, SHAPES, tuple(COLORS), SIZES)
+
 # Every word that says where something is; no_location and attribute sentences contain none.
 LOCATION_WORDS: frozenset[str] = frozenset(
     "left right top bottom leftmost rightmost topmost bottommost highest lowest middle center central "
@@ -130,13 +149,14 @@ def _axis_key(obj: ObjectView, direction: str) -> float:
     return {"left": obj.x, "right": -obj.x, "top": obj.y, "bottom": -obj.y}[direction]
 
 
-def _pick_ranked(cands: list[int], keys: list[float], rank: int) -> list[int] | None:
+def pick_ranked(cands: list[int], keys: list[float], rank: int, margin: float = POSITION_MARGIN) -> list[int] | None:
+    """The candidate with the rank-th smallest key, or None when a gap up to it or just after it is below ``margin``."""
     if len(cands) < rank:
         return []
     order = np.argsort(keys, kind="stable")
     ks = [keys[i] for i in order]
     for j in range(min(rank, len(ks) - 1)):  # gaps up to the rank-th and just after it
-        if ks[j + 1] - ks[j] < POSITION_MARGIN:
+        if ks[j + 1] - ks[j] < margin:
             return None
     return [cands[order[rank - 1]]]
 
@@ -151,7 +171,7 @@ def _pick_nearest(cands: list[int], dists: list[float]) -> list[int] | None:
     return [cands[order[0]]]
 
 
-def resolve(query: dict[str, Any], objects: list[ObjectView]) -> list[int] | None:
+def resolve(query: dict[str, Any], objects: Sequence[ObjectView]) -> list[int] | None:
     """Indices of the objects ``query`` refers to, or None when the query is a close call."""
     cands = [i for i, o in enumerate(objects) if matches(query["np"], o)]
     spatial = query.get("spatial")
@@ -168,13 +188,14 @@ def resolve(query: dict[str, Any], objects: list[ObjectView]) -> list[int] | Non
         return []
     if kind in ("extreme", "ordinal"):
         keys = [_axis_key(objects[i], spatial["dir"]) for i in cands]
-        return _pick_ranked(cands, keys, 1 if kind == "extreme" else int(spatial["rank"]))
+        return pick_ranked(cands, keys, 1 if kind == "extreme" else int(spatial["rank"]))
     if kind == "center":
         return _pick_nearest(cands, [float(np.hypot(objects[i].x - 0.5, objects[i].y - 0.5)) for i in cands])
     raise ValueError(f"unknown spatial type {kind!r}")
 
 
-def _resolve_relation(rel: str, cands: list[int], objects: list[ObjectView], landmark: ObjectView) -> list[int] | None:
+def _resolve_relation(rel: str, cands: list[int], objects: Sequence[ObjectView],
+                      landmark: ObjectView) -> list[int] | None:
     """``resolve`` for "<np> <rel> <landmark>": the candidates (landmark excluded) in that relation."""
     if not cands:
         return []
@@ -203,11 +224,11 @@ def full_np(obj: ObjectView) -> dict[str, Any]:
     return {"shape": obj.shape, "color": obj.color, "size": obj.size}
 
 
-def unique_nps(objects: list[ObjectView], index: int) -> list[dict[str, Any]]:
+def unique_nps(objects: Sequence[ObjectView], index: int) -> list[dict[str, Any]]:
     return [np_ for np_ in np_variants(objects[index]) if resolve({"np": np_}, objects) == [index]]
 
 
-def query_options(objects: list[ObjectView], target: int) -> dict[str, list[dict[str, Any]]]:
+def query_options(objects: Sequence[ObjectView], target: int) -> dict[str, list[dict[str, Any]]]:
     """For each kind, every query that refers to exactly ``target`` (by :func:`resolve`)."""
     obj = objects[target]
     options: dict[str, list[dict[str, Any]]] = {k: [] for k in KIND_WEIGHTS}
@@ -260,7 +281,7 @@ def query_options(objects: list[ObjectView], target: int) -> dict[str, list[dict
     return options
 
 
-def absent_queries(objects: list[ObjectView]) -> dict[str, list[dict[str, Any]]]:
+def absent_queries(objects: Sequence[ObjectView], lexicon: Lexicon = SHAPES_LEXICON) -> dict[str, list[dict[str, Any]]]:
     """Descriptions that match nothing in the scene, grouped by how close they come to something that is.
 
     ``"size"``: a shape and colour that are there, in the size that is not; ``"near"``: a shape or a
@@ -271,10 +292,10 @@ def absent_queries(objects: list[ObjectView]) -> dict[str, list[dict[str, Any]]]
     shapes = {o.shape for o in objects}
     colors = {o.color for o in objects}
     groups: dict[str, list[dict[str, Any]]] = {"size": [], "near": [], "far": []}
-    for shape in SHAPES:
-        for color in COLORS:
+    for shape in lexicon.categories:
+        for color in lexicon.colors:
             if (shape, color) in present:
-                for size in SIZES:
+                for size in lexicon.sizes:
                     if (shape, color, size) not in present_full:
                         groups["size"].append({"np": {"shape": shape, "color": color, "size": size}, "spatial": None})
                 continue
@@ -294,21 +315,22 @@ def _choice(rng: np.random.Generator, seq: Sequence[T]) -> T:
     return seq[int(rng.integers(len(seq)))]
 
 
-def np_text(rng: np.random.Generator, np_: dict[str, Any], plural: bool = False) -> str:
-    shape = _choice(rng, SHAPE_WORDS[np_["shape"]])
+def np_text(rng: np.random.Generator, np_: dict[str, Any], plural: bool = False,
+            lexicon: Lexicon = SHAPES_LEXICON) -> str:
+    shape = _choice(rng, lexicon.category_words[np_["shape"]])
     words = []
     if np_.get("size"):
-        words.append(_choice(rng, SIZE_WORDS[np_["size"]]))
+        words.append(_choice(rng, lexicon.size_words[np_["size"]]))
     if np_.get("color"):
         words.append(np_["color"])
-    words.append(PLURALS[shape] if plural else shape)
+    words.append(lexicon.plurals[shape] if plural else shape)
     return " ".join(words)
 
 
-def _no_location_text(rng: np.random.Generator, np_: dict[str, Any]) -> str:
+def _no_location_text(rng: np.random.Generator, np_: dict[str, Any], lexicon: Lexicon) -> str:
     """RefCOCO+-style appearance-only phrasing."""
-    shape = _choice(rng, SHAPE_WORDS[np_["shape"]])
-    size = _choice(rng, SIZE_WORDS[np_["size"]]) if np_.get("size") else None
+    shape = _choice(rng, lexicon.category_words[np_["shape"]])
+    size = _choice(rng, lexicon.size_words[np_["size"]]) if np_.get("size") else None
     color = np_.get("color")
     adjs = [a for a in (size, color) if a]
     if not adjs:
@@ -321,17 +343,17 @@ def _no_location_text(rng: np.random.Generator, np_: dict[str, Any]) -> str:
     return _choice(rng, forms)
 
 
-def render_text(rng: np.random.Generator, kind: str, query: dict[str, Any]) -> str:
+def render_text(rng: np.random.Generator, kind: str, query: dict[str, Any], lexicon: Lexicon = SHAPES_LEXICON) -> str:
     """One sentence for ``query`` in the style of ``kind`` (lower case, no punctuation)."""
     np_, spatial = query["np"], query.get("spatial")
     if kind in ("attribute", "no_target") and spatial is None:
-        return _choice(rng, ("the {N}", "the {N}", "{N}")).format(N=np_text(rng, np_))
+        return _choice(rng, ("the {N}", "the {N}", "{N}")).format(N=np_text(rng, np_, lexicon=lexicon))
     if kind == "no_location":
-        return _no_location_text(rng, np_)
+        return _no_location_text(rng, np_, lexicon)
     if kind == "long":
         if spatial is None:
-            return _choice(rng, LONG_ATTRIBUTE_TEMPLATES).format(N=np_text(rng, np_))
-        fields = {"N": np_text(rng, np_), "Np": np_text(rng, np_, plural=True)}
+            return _choice(rng, LONG_ATTRIBUTE_TEMPLATES).format(N=np_text(rng, np_, lexicon=lexicon))
+        fields = {"N": np_text(rng, np_, lexicon=lexicon), "Np": np_text(rng, np_, plural=True, lexicon=lexicon)}
         if spatial["type"] in ("extreme", "center"):
             adv = LONG_ADVERBS[spatial.get("dir", "center")]
             return _choice(rng, LONG_EXTREME_TEMPLATES).format(adv=adv, **fields)
@@ -339,18 +361,20 @@ def render_text(rng: np.random.Generator, kind: str, query: dict[str, Any]) -> s
             return _choice(rng, LONG_ORDINAL_TEMPLATES).format(
                 ord=ORDINAL_WORDS[spatial["rank"]], dir=spatial["dir"], **fields)
         return _choice(rng, LONG_RELATION_TEMPLATES).format(
-            rel=_choice(rng, RELATION_WORDS[spatial["rel"]]), L=np_text(rng, spatial["landmark"]), **fields)
+            rel=_choice(rng, RELATION_WORDS[spatial["rel"]]), L=np_text(rng, spatial["landmark"], lexicon=lexicon),
+            **fields)
     if spatial is None:
         raise ValueError(f"a {kind} sentence needs a spatial query, got {query!r}")
-    n_text = np_text(rng, np_)
+    n_text = np_text(rng, np_, lexicon=lexicon)
     if spatial["type"] == "extreme":
         return _choice(rng, EXTREME_TEMPLATES[spatial["dir"]]).format(N=n_text)
     if spatial["type"] == "center":
         return _choice(rng, CENTER_TEMPLATES).format(N=n_text)
     if spatial["type"] == "ordinal":
         return _choice(rng, ORDINAL_TEMPLATES).format(N=n_text, ord=ORDINAL_WORDS[spatial["rank"]], dir=spatial["dir"])
-    return _choice(rng, RELATION_TEMPLATES).format(
-        N=n_text, rel=_choice(rng, RELATION_WORDS[spatial["rel"]]), L=np_text(rng, spatial["landmark"]))
+    template = _choice(rng, RELATION_TEMPLATES)  # draws in this order: template, relation words, landmark words
+    rel = _choice(rng, RELATION_WORDS[spatial["rel"]])
+    return template.format(N=n_text, rel=rel, L=np_text(rng, spatial["landmark"], lexicon=lexicon))
 
 
 def raw_text(rng: np.random.Generator, sent: str) -> str:
@@ -372,56 +396,71 @@ class RefSpec:
     sentences: list[dict[str, Any]]  # {"kind", "raw", "sent", "query", "no_target"}
 
 
+TextFn = Callable[[np.random.Generator, str, dict[str, Any]], str]  # (rng, kind, query) -> sentence
+OptionsFn = Callable[[Sequence[ObjectView], int], dict[str, list[dict[str, Any]]]]  # query_options' signature
+
+
 def _sentence(
-    rng: np.random.Generator, kind: str, query: dict[str, Any], no_target: bool = False
+    rng: np.random.Generator, kind: str, query: dict[str, Any], text: TextFn, no_target: bool = False
 ) -> dict[str, Any] | None:
     for _ in range(4):  # a few tries at a phrasing within MAX_WORDS
-        sent = render_text(rng, kind, query)
+        sent = text(rng, kind, query)
         if len(sent.split()) <= MAX_WORDS:
             raw = raw_text(rng, sent)
             return {"kind": kind, "raw": raw, "sent": normalise(raw), "query": query, "no_target": no_target}
     return None
 
 
-def make_refs(rng: np.random.Generator, objects: list[ObjectView], *, num_refs: int, sentences_per_ref: tuple[int, int],
-              num_no_target: int) -> list[RefSpec]:
+def make_refs(rng: np.random.Generator, objects: Sequence[ObjectView], *, num_refs: int,
+              sentences_per_ref: tuple[int, int], num_no_target: int, lexicon: Lexicon = SHAPES_LEXICON,
+              options_of: OptionsFn = query_options, kind_weights: Optional[dict[str, float]] = None,
+              text: Optional[TextFn] = None, can_refer: Optional[Sequence[bool]] = None) -> list[RefSpec]:
     """Up to ``num_refs`` target refs (objects that share shape and colour with others are likelier) with
-    2-3 sentences each (kinds drawn by ``KIND_WEIGHTS`` among those that fit), plus ``num_no_target``
-    refs to absent things."""
+    2-3 sentences each (kinds drawn by ``kind_weights`` among those that fit), plus ``num_no_target``
+    refs to absent things.
+
+    Another world passes its ``lexicon``, the ``options_of`` and ``text`` of its grammar (by default
+    :func:`query_options` and :func:`render_text`, with :data:`KIND_WEIGHTS`), and ``can_refer``:
+    which objects may be targets (all by default; every object still counts as a look-alike).
+    """
+    weights_of_kind = KIND_WEIGHTS if kind_weights is None else kind_weights
+    say: TextFn = text if text is not None else (lambda r, k, q: render_text(r, k, q, lexicon))
+    targets = [i for i in range(len(objects)) if can_refer is None or can_refer[i]]
     same_look = [sum(o.shape == p.shape and o.color == p.color for p in objects) for o in objects]
-    weights = np.array([4.0 if c >= 3 else 2.0 if c == 2 else 1.0 for c in same_look])
-    order = rng.choice(len(objects), size=len(objects), replace=False, p=weights / weights.sum())
+    weights = np.array([4.0 if same_look[i] >= 3 else 2.0 if same_look[i] == 2 else 1.0 for i in targets])
+    order = [] if not targets else [
+        targets[int(i)] for i in rng.choice(len(targets), size=len(targets), replace=False, p=weights / weights.sum())]
     refs: list[RefSpec] = []
     for target in order:
         if len(refs) == num_refs:
             break
-        options = {k: v for k, v in query_options(objects, int(target)).items() if v}
+        options = {k: v for k, v in options_of(objects, int(target)).items() if v}
         if not options:
             continue
         want = int(rng.integers(sentences_per_ref[0], sentences_per_ref[1] + 1))
         kinds = list(options)
-        w = np.array([KIND_WEIGHTS[k] for k in kinds])
+        w = np.array([weights_of_kind[k] for k in kinds])
         sentences: list[dict[str, Any]] = []
         seen: set[str] = set()
         for _ in range(2 * want):  # each sentence: a kind by weight, then one of its queries
             if len(sentences) == want:
                 break
             kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
-            sentence = _sentence(rng, kind, _choice(rng, options[kind]))
+            sentence = _sentence(rng, kind, _choice(rng, options[kind]), say)
             if sentence is not None and sentence["sent"] not in seen:
                 seen.add(sentence["sent"])
                 sentences.append(sentence)
         if sentences:
             refs.append(RefSpec(int(target), objects[int(target)].shape, sentences))
-    absent = absent_queries(objects)
+    absent = absent_queries(objects, lexicon)
     mix = [g for g in NO_TARGET_MIX if absent[g]]
     p = np.array([NO_TARGET_MIX[g] for g in mix])
     for _ in range(num_no_target if mix else 0):
         group = mix[int(rng.choice(len(mix), p=p / p.sum()))]
         query = _choice(rng, absent[group])
         if rng.random() < 0.3:  # "the leftmost blue star" when there is no blue star at all
-            query = {"np": query["np"], "spatial": {"type": "extreme", "dir": _choice(rng, DIRECTIONS)}}
-        sentence = _sentence(rng, "attribute" if query["spatial"] is None else "location", query, no_target=True)
+            query = {"np": query["np"], "spatial": {"type": "extreme", "dir": _choice(rng, lexicon.directions)}}
+        sentence = _sentence(rng, "attribute" if query["spatial"] is None else "location", query, say, no_target=True)
         if sentence is not None:
             sentence["kind"] = "no_target"
             refs.append(RefSpec(None, query["np"]["shape"], [sentence]))

@@ -36,6 +36,16 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+def template_words(sources: Any) -> frozenset[str]:
+    """Every word of the strings nested in ``sources`` (dicts, tuples, sets), normalised, with
+    template placeholders ("{N}", "{ord}") dropped."""
+    words: set[str] = set()
+    for text in _strings(sources):
+        text = " ".join(w for w in text.split() if not ("{" in w or "}" in w))
+        words.update(normalise(text).split())
+    return frozenset(words)
+
+
 @functools.lru_cache(maxsize=1)
 def generator_words() -> frozenset[str]:
     """Every word of the generator's target sentences: templates (placeholders dropped), attribute
@@ -44,11 +54,7 @@ def generator_words() -> frozenset[str]:
                ex.ORDINAL_TEMPLATES, ex.RELATION_WORDS, ex.RELATION_TEMPLATES, ex.LONG_ADVERBS,
                ex.LONG_EXTREME_TEMPLATES, ex.LONG_ORDINAL_TEMPLATES, ex.LONG_RELATION_TEMPLATES,
                ex.LONG_ATTRIBUTE_TEMPLATES, ex.LOCATION_WORDS, ex.DIRECTIONS, tuple(COLORS), _INLINE_WORDS)
-    words: set[str] = set()
-    for text in _strings(sources):
-        text = " ".join(w for w in text.split() if not ("{" in w or "}" in w))  # "{N}", "{ord}" ...
-        words.update(normalise(text).split())
-    return frozenset(words)
+    return template_words(sources)
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,29 +63,27 @@ def world_words() -> WorldWords:
     return WorldWords(colors=frozenset(COLORS), categories=categories, known=generator_words())
 
 
-_SHAPE_OF_WORD = {word: shape for shape, words in ex.SHAPE_WORDS.items() for word in words}
-
-
 def augment_specs(
     seed: int, index: int, specs: list[dict[str, Any]], aug: LanguageAugmentation, *, no_target_ann_id: int,
-    category_ids: dict[str, int],
+    category_ids: dict[str, int], words: Optional[WorldWords] = None, lexicon: ex.Lexicon = ex.SHAPES_LEXICON,
 ) -> list[dict[str, Any]]:
     """Image ``index``'s ref specs with the world's phrasing and out-of-domain negatives.
 
-    A negative that names a shape ("the pink triangle") carries that shape's category; one that
-    names none carries a shape drawn from the same stream (the refer layout wants some category).
+    A negative that names a category ("the pink triangle") carries that category; one that names
+    none carries a category drawn from the same stream (the refer layout wants some category).
+    Another world passes its ``words`` and ``lexicon`` (by default the 2D world's).
     """
     if not aug.active:
         return specs
     rng = np.random.default_rng([seed, index, LANGUAGE_STREAM])
-    shapes = sorted(category_ids)
+    categories = sorted(category_ids)
+    category_of_word = {word: c for c, cwords in lexicon.category_words.items() for word in cwords}
 
     def category_id(word: Optional[str]) -> int:
-        shape = _SHAPE_OF_WORD.get(word or "") or shapes[int(rng.integers(len(shapes)))]
-        return category_ids[shape]
+        category = category_of_word.get(word or "") or categories[int(rng.integers(len(categories)))]
+        return category_ids[category]
 
     if aug.max_length is None:  # a phrasing must fit the sentence length the generator keeps to
         aug = dataclasses.replace(aug, max_length=ex.MAX_WORDS)
-    return augment_image_refs(rng, specs, world_words(), aug, no_target_ann_id=no_target_ann_id,
-                              category_id=category_id)
-
+    return augment_image_refs(rng, specs, world_words() if words is None else words, aug,
+                              no_target_ann_id=no_target_ann_id, category_id=category_id)

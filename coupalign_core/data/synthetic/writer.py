@@ -149,17 +149,23 @@ def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: st
 
 
 @dataclass
-class _World:
-    """What the images add up to, numbered in image order (ref and sentence ids start at 1)."""
+class RefWorld:
+    """What the images add up to, numbered in image order (ref and sentence ids start at 1); any
+    generated world uses it (``prefix`` starts the refs' ``file_name``)."""
+
+    prefix: str = "synth"
+    splits: tuple[str, ...] = tuple(SPLIT_PROFILES)
 
     images: list[dict[str, Any]] = field(default_factory=list)
     annotations: list[dict[str, Any]] = field(default_factory=list)
     refs: list[dict[str, Any]] = field(default_factory=list)
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
-    per_split: dict[str, collections.Counter[str]] = field(
-        default_factory=lambda: {s: collections.Counter() for s in SPLIT_PROFILES})
+    per_split: dict[str, collections.Counter[str]] = field(default_factory=dict)
     stats: collections.Counter[str] = field(default_factory=collections.Counter)
     num_sentences: int = 0
+
+    def __post_init__(self) -> None:
+        self.per_split = {s: collections.Counter() for s in self.splits}
 
     def add(self, made: MadeImage) -> None:
         image, annotations, specs, stats = made
@@ -178,7 +184,7 @@ class _World:
             self.refs.append({
                 "ref_id": len(self.refs) + 1, "ann_id": spec["ann_id"], "image_id": image_id,
                 "category_id": spec["category_id"], "split": split,
-                "file_name": f"synth_{image_id:06d}_{spec['ann_id']}.png",
+                "file_name": f"{self.prefix}_{image_id:06d}_{spec['ann_id']}.png",
                 "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences,
             })
             self.per_split[split]["refs"] += 1
@@ -187,7 +193,7 @@ class _World:
 
 
 @contextlib.contextmanager
-def _made_images(make: Callable[[int], MadeImage], num_images: int, workers: int) -> Iterator[Iterator[MadeImage]]:
+def made_images(make: Callable[[int], MadeImage], num_images: int, workers: int) -> Iterator[Iterator[MadeImage]]:
     """``make(i)`` for every image in index order, in ``workers`` processes when more than one."""
     if workers <= 1:
         yield map(make, range(num_images))
@@ -269,8 +275,8 @@ def generate(
     image_dir = _prepare_output(out_root, overwrite)
     make = functools.partial(_make_image, seed=seed, width=width, height=height, image_dir=str(image_dir),
                              extra_per_ref=no_target_fraction / (1.0 - no_target_fraction), language=language)
-    world = _World()
-    with _made_images(make, num_images, min(int(workers), num_images)) as made:
+    world = RefWorld()
+    with made_images(make, num_images, min(int(workers), num_images)) as made:
         for image in tqdm(made, total=num_images, desc="synth", unit="img", disable=not progress, dynamic_ncols=True):
             world.add(image)
 
