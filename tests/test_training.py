@@ -382,6 +382,7 @@ def test_every_shipped_config_resolves_through_its_base_chain():
         "synthetic_shipped_stage4.yaml": "synthetic_shipped_stage3_gpu.yaml",
         "synthetic_shipped_stage5.yaml": "synthetic_shipped_stage4.yaml",
         "synthetic_shipped_stage6.yaml": "synthetic_shipped_stage5.yaml",
+        "tabletop_stage1.yaml": "synthetic_shipped_stage6.yaml",
     }
     loaded = {name: TrainingConfig.load(configs / name) for name in bases}
     plus = loaded["refcocoplus_paper.yaml"]
@@ -393,6 +394,10 @@ def test_every_shipped_config_resolves_through_its_base_chain():
         "seed": 2, "num_images": 8000, "no_target_fraction": 0.25}
     assert loaded["synthetic_shipped_stage5.yaml"].data.synthesize == {
         "seed": 5, "num_images": 24000, "no_target_fraction": 0.25, "workers": 2}
+    # the tabletop model starts from the shipped release (a file in the repository, not a run folder)
+    table = loaded["tabletop_stage1.yaml"]
+    assert (table.data.dataset, table.model.image_size) == ("tabletop", 128)
+    assert table.train.init_from == "models/coupalign-synthetic.safetensors"
     # a null in the child overrides its base: stage 3 (GPU) drops stage 2's one CPU thread, stage 4 restores it
     assert [loaded[f"synthetic_shipped_{s}.yaml"].train.num_threads for s in ("stage2", "stage3_gpu", "stage4")] \
         == [1, None, 1]
