@@ -99,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         DEFAULT_TEXT,
         benchmark_interleaved,
         format_table,
-        machine_info,
         parse_image_size,
         synthetic_frame,
         timestamp,
         write_json,
     )
+    from coupalign_core.machine import describe_machine, machine_info
 
     width, height = parse_image_size(args.image_size)
     if args.threads:
@@ -122,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
                                     warmup=args.warmup, batch_size=args.batch, device=args.device)
     load_after = machine_info()["load_average_1min"]
     table = format_table(results, baseline=next(iter(results)))
-    where = machine.get("gpu") or f"{machine['cpu']} ({machine['usable_cpus']} usable cores)"
+    where = describe_machine(machine)
     command = "python scripts/compare_backends.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = "\n".join([
         f"**{source}**, {width}x{height} frames, batch {args.batch}, {args.runs} interleaved runs after "
         f"{args.warmup} warm-up, on {where}, torch threads {torch.get_num_threads()}; torch {machine['torch']}, "
         f"onnxruntime {machine.get('onnxruntime')}; "
-        f"{timestamp()}; 1-min load average {machine['load_average_1min']:.2f} before, {load_after:.2f} after.",
+        f"{timestamp()}; 1-min load average {_load(machine['load_average_1min'])} before, {_load(load_after)} after.",
         "",
         table,
         "",
@@ -140,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(report)
     if args.json_out:
-        write_json(args.json_out, {"date": timestamp(), "machine": machine, "source": source,
-                                   "image_size": [width, height], "results": results})
+        write_json(args.json_out, {"date": timestamp(), "machine": machine, "load_average_1min_after": load_after,
+                                   "source": source, "image_size": [width, height], "results": results})
     return 0
+
+
+def _load(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

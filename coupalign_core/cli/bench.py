@@ -65,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
         benchmark,
         format_stages,
         format_table,
-        machine_info,
         parse_image_size,
         synthetic_frame,
         timestamp,
         write_json,
     )
+    from coupalign_core.machine import describe_machine, machine_info
 
     width, height = parse_image_size(args.image_size)
     if args.runs < 1:
@@ -92,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
     result = benchmark(seg, image, args.text or DEFAULT_TEXT, runs=args.runs, warmup=args.warmup,
                        batch_size=args.batch, device=device)
     name = f"{seg.backend.name} {seg.backend.precision}"
+    machine = machine_info()
+    print(f"{seg.describe()} on {describe_machine(machine)}, {timestamp()}")
     print(format_stages(result))
     print()
     print(format_table({name: result}))
     payload = {
         "date": timestamp(),
-        "machine": machine_info(),
+        "machine": machine,
         "source": args.checkpoint or f"preset {args.preset} (random init)",
         "image_size": [width, height],
         "results": {name: result},

@@ -56,10 +56,9 @@ def resolve_cpu_provider(choice: str = "auto") -> str:
 
 def default_num_threads() -> int:
     """Cores this process may use: ORT's own default counts every core of the machine."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    from ...machine import usable_cores
+
+    return usable_cores()
 
 
 class OnnxRuntimeBackend(InferenceBackend):
