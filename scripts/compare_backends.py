@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join([
         f"**{source}**, {width}x{height} frames, batch {args.batch}, {args.runs} interleaved runs after "
         f"{args.warmup} warm-up, on {where}, torch threads {torch.get_num_threads()}; torch {machine['torch']}, "
-        f"onnxruntime {machine.get('onnxruntime')}; "
+        f"onnxruntime {_onnxruntime_version(machine)}; "
         f"{timestamp()}; 1-min load average {_load(machine['load_average_1min'])} before, {_load(load_after)} after.",
         "",
         table,
@@ -143,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json_out, {"date": timestamp(), "machine": machine, "load_average_1min_after": load_after,
                                    "source": source, "image_size": [width, height], "results": results})
     return 0
+
+
+def _onnxruntime_version(machine: dict[str, Any]) -> str:
+    libraries = machine.get("libraries", {})
+    for dist in ("onnxruntime", "onnxruntime-openvino", "onnxruntime-gpu"):
+        if dist in libraries:
+            return f"{libraries[dist]} ({dist})"
+    return "not installed"
 
 
 def _load(value: float | None) -> str:

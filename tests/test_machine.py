@@ -87,3 +87,17 @@ def test_machine_record_names_cpu_flags_cores_and_load():
     same = dict(info, load_average_1min=99.0)
     assert machine_fingerprint(same) == machine_fingerprint(info)  # the load is not part of it
     assert machine_fingerprint(dict(info, usable_cpus=info["usable_cpus"] + 1)) != machine_fingerprint(info)
+
+
+def test_trainer_runtime_resolves_auto_from_the_given_cpu_and_load():
+    from coupalign_core.training.trainer import resolve_runtime
+
+    skylake = resolve_runtime("auto", "auto", "cpu", cpu=parse_cpu_info(SKYLAKE), load_1min=0.0, processes=1)
+    assert skylake["amp"] == "none" and "no BF16 units" in skylake["amp_reason"]
+    assert skylake["num_threads"] >= 1
+    zen_busy = resolve_runtime("auto", "auto", "cpu", cpu=parse_cpu_info(ZEN5), load_1min=1e6, processes=1)
+    assert (zen_busy["amp"], zen_busy["num_threads"]) == ("bf16", 1)  # a busy machine: never 0 threads
+    fixed = resolve_runtime("none", 3, "cpu", cpu=parse_cpu_info(ZEN5))
+    assert (fixed["amp"], fixed["num_threads"], fixed["amp_reason"]) == ("none", 3, "as configured")
+    gpu = resolve_runtime("bf16", "auto", "cuda")
+    assert gpu["num_threads"] is None and "GPU" in gpu["num_threads_reason"]

@@ -305,6 +305,32 @@ def test_mixed_precision_steps_learn(data_root, tmp_path, amp):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+def test_auto_amp_and_threads_are_decided_here_logged_and_stored(data_root, tmp_path, caplog):
+    from coupalign_core.machine import choose_amp, choose_num_threads
+
+    config = TrainingConfig.from_dict(tiny_config(data_root, amp="auto", num_threads="auto", max_steps=1,
+                                                  eval_every=0, overlay_samples=0))
+    assert (config.train.amp, config.train.num_threads) == ("auto", "auto")
+    with caplog.at_level("INFO", logger="coupalign_core.training.trainer"):
+        trainer = Trainer(config, tmp_path)
+    amp, amp_reason = choose_amp("cpu")
+    assert trainer.runtime["amp"] == amp and trainer.amp_dtype == (torch.bfloat16 if amp == "bf16" else None)
+    assert f"train.amp=auto: {amp} ({amp_reason})" in caplog.text
+    threads = trainer.runtime["num_threads"]
+    assert 1 <= threads <= choose_num_threads(load_1min=0.0)[0] and torch.get_num_threads() == threads
+    assert f"train.num_threads=auto: {threads} (" in caplog.text and "1-min load" in caplog.text
+    trainer.fit()
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert state["runtime"]["amp"] == amp and state["runtime"]["num_threads"] == threads
+    assert state["train_config"]["train"]["amp"] == "auto"  # the config keeps the intent
+
+
+def test_bad_num_threads_is_refused(data_root):
+    for bad in (0, "two", True, 1.5):
+        with pytest.raises(ValueError, match="train.num_threads must be an integer >= 1, 'auto' or null"):
+            TrainingConfig.from_dict(tiny_config(data_root, num_threads=bad))
+
+
 # ---- (d) atomic checkpoints ------------------------------------------------------------------------------
 class ExplodesWhilePickled:
     def __reduce__(self):
@@ -393,13 +419,13 @@ def test_every_shipped_config_resolves_through_its_base_chain():
         "seed": 2, "num_images": 8000, "no_target_fraction": 0.25}
     assert loaded["synthetic_shipped_stage5.yaml"].data.synthesize == {
         "seed": 5, "num_images": 24000, "no_target_fraction": 0.25, "workers": 2}
-    # a null in the child overrides its base: stage 3 (GPU) drops stage 2's one CPU thread, stage 4 restores it
+    # a null in the child overrides its base: stage 3 (GPU) drops stage 2's thread choice, stage 4 restores it
     assert [loaded[f"synthetic_shipped_{s}.yaml"].train.num_threads for s in ("stage2", "stage3_gpu", "stage4")] \
-        == [1, None, 1]
+        == ["auto", None, "auto"]
     stage5 = loaded["synthetic_shipped_stage5.yaml"]
     assert (stage5.model.image_size, stage5.model.dice_loss_weight, stage5.train.batch_size) == (128, 1.0, 16)
     assert (stage5.train.lr, stage5.train.end_lr, stage5.train.amp, stage5.train.clip_grad_norm) == (
-        1.5e-4, 1e-5, "bf16", 1.0)
+        1.5e-4, 1e-5, "auto", 1.0)
 
 
 def test_base_merges_mappings_and_replaces_scalars_lists_and_null(data_root, tmp_path):
