@@ -82,7 +82,10 @@ class SegmenterOptions:
     Args:
         backend (`str`, *optional*, defaults to `"auto"`):
             `"torch"`, `"onnxruntime"`, `"tensorrt"`, or `"auto"`: TensorRT, then onnxruntime
-            CUDA, then torch CUDA, then onnxruntime CPU; the choice and its reason are logged.
+            CUDA, then torch CUDA; on the CPU in fp32 a short timed probe of torch eager and
+            onnxruntime (its own kernels and OpenVINO's, 1 thread and all usable cores) on first
+            use, cached per machine, model and library versions (`inference/probe.py`). The
+            choice and its reason are logged.
         device (`str`, *optional*):
             `"cpu"` or `"cuda"`; None uses the GPU when the backend can use one here.
         precision (`str`, *optional*):
@@ -97,7 +100,9 @@ class SegmenterOptions:
             Clear the mask (and box) when the object is not found, so a robot never acts on the
             mask of an object the model says is absent. False keeps it, for inspection.
         num_threads (`int`, *optional*):
-            onnxruntime intra-op threads; None uses the cores this process may run on.
+            onnxruntime intra-op threads, or torch's on the CPU (process-wide); None: onnxruntime
+            uses the cores this process may run on and torch keeps its setting, except that
+            `backend="auto"` on the CPU lets its probe choose between 1 and all usable cores.
         cpu_provider (`str`, *optional*, defaults to `"auto"`):
             onnxruntime's provider on the CPU: `"openvino"` (Intel's kernels), `"cpu"`
             (onnxruntime's own) or `"auto"` (OpenVINO when installed).
