@@ -159,6 +159,11 @@ def run_config(model: Any, tokenizer: Any, image: Any, backend: str, precision: 
     torch.backends.cuda.matmul.allow_tf32 = options.pop("tf32", False)
     t0 = time.perf_counter()
     try:
+        if backend in ("onnxruntime", "tensorrt"):
+            from coupalign_core.inference.export import cached_onnx
+
+            # the Segmenter does not export the paper preset on first use: export it here, once
+            cached_onnx(model, tokenizer, cache_dir=cache_dir, progress=True)
         seg = Segmenter(model, tokenizer, backend=backend, device=args.device, precision=precision,
                         cache_dir=cache_dir, **options)
         seg(image, "warm-up sentence")  # compiles / builds / autotunes here

@@ -202,6 +202,9 @@ def test_export_verb(tiny, tmp_path, capsys):
     rc = main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out), "--exporter", "legacy",
                "--precision", "fp16", "--no-verify"])
     assert rc == 0 and out.is_file()
+    printed = capsys.readouterr()
+    assert "export (torch.onnx)" in printed.err and "stage" in printed.err  # the progress bar
+    assert f"wrote {out} (fp16, batch 1, opset 18, " in printed.out and " MB; peak memory " in printed.out
     info = read_onnx_info(out)
     assert info.precision == "fp16" and info.exporter == "legacy"
     # The fp16 file runs in onnxruntime on its own (inputs and outputs stay float32).
@@ -266,3 +269,47 @@ def test_onnxruntime_matches_torch_small(tmp_path):
         assert verify_onnx(model, tok, fused, tuple(inputs)) <= 1e-4
         if HAS_OPENVINO:  # what the onnxruntime backend runs where onnxruntime has OpenVINO
             assert verify_onnx(model, tok, path, tuple(inputs), cpu_provider="openvino") <= 1e-4
+
+
+def test_external_data_graph_loads_and_runs(tiny, tiny_onnx, tmp_path, onnx_cache):
+    """A graph over protobuf's 2 GB limit keeps its weights beside it; everything that reads an
+    .onnx finds them (here forced on the tiny graph)."""
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference.export import onnx_files, save_onnx, sha256_onnx
+
+    path = save_onnx(onnx.load(str(tiny_onnx)), tmp_path / "split.onnx", external_data=True)
+    files = onnx_files(path)
+    assert files == [path, tmp_path / "split.onnx.data"] and path.stat().st_size < files[1].stat().st_size
+    assert read_onnx_info(path).config == read_onnx_info(tiny_onnx).config
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+    image = np.zeros((40, 56, 3), np.uint8)
+    plain = Segmenter.from_onnx(tiny_onnx, backend="onnxruntime", cpu_provider="cpu", num_threads=1, threshold=0.0,
+                                cache_dir=onnx_cache)(image, "the cup")
+    for provider in ("cpu", "openvino") if HAS_OPENVINO else ("cpu",):
+        split = Segmenter.from_onnx(path, backend="onnxruntime", cpu_provider=provider, num_threads=1, threshold=0.0,
+                                    cache_dir=tmp_path / "cache")(image, "the cup")
+        assert abs(split.score - plain.score) < 1e-4, provider
+    before = sha256_onnx(path)
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[:-4] + bytes(4))  # other weights, same graph file
+    assert sha256_onnx(path) != before
+
+
+def test_segmenter_refuses_to_export_a_large_model_on_first_use(tiny, tiny_onnx, tmp_path, onnx_cache, monkeypatch):
+    from coupalign_core.inference import Segmenter, export
+
+    model, tok = tiny
+    monkeypatch.setattr(export, "LARGE_EXPORT_PARAMETERS", 1000)  # the tiny model counts as large
+    with pytest.raises(export.ExportRequiredError, match=r"coupalign export --checkpoint CHECKPOINT --format onnx"):
+        Segmenter(model, tok, backend="onnxruntime", device="cpu", cache_dir=tmp_path)
+    assert not (tmp_path / "onnx").exists()  # nothing was exported
+    # an export made beforehand (the cache that `coupalign export --format tensorrt` and gpu_bench fill) is used
+    assert Segmenter(model, tok, backend="onnxruntime", device="cpu", num_threads=1, cache_dir=onnx_cache)
+    # backend="auto" leaves onnxruntime out of its probe and says why
+    threads = torch.get_num_threads()
+    try:
+        auto = Segmenter(model, tok, backend="auto", device="cpu", num_threads=1, cache_dir=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert auto.backend.name == "torch" and auto.probe is not None
+    assert any("onnxruntime left out" in note and "coupalign export" in note for note in auto.probe.notes)

@@ -6,6 +6,11 @@ tokenizer in its metadata, so `coupalign segment --checkpoint model.onnx` needs 
 --precision fp16/bf16 writes the mixed-precision graph (LayerNorm/softmax in fp32) that a
 strongly typed TensorRT build (trtexec --stronglyTyped) expects.
 
+The export of a large model (the paper preset) takes minutes and several GB of memory: this verb
+shows its stages as a progress bar and logs the expected size first and the file size and peak
+memory after; the Segmenter never exports such a model on first use (it names this command).
+A graph over protobuf's 2 GB limit keeps its weights in OUT.data beside OUT.
+
 TensorRT: builds an engine for this machine's GPU and TensorRT version (strongly typed, precision
 from the ONNX) and writes PATH plus PATH.json (config and tokenizer).
 
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from coupalign_core.checkpoint import load_model
-    from coupalign_core.inference.export import export_onnx
+    from coupalign_core.inference.export import export_onnx, onnx_files, peak_rss_mb, save_onnx
 
     out = Path(args.out)
     if args.trust_pickle and args.format != "weights":
@@ -76,27 +81,30 @@ def run(args: argparse.Namespace) -> int:
         precision = args.precision or "fp32"
         if precision == "fp32":
             export_onnx(model, tokenizer, out, batch_size=args.batch, opset=args.opset, exporter=args.exporter,
-                        verify=not args.no_verify)
+                        verify=not args.no_verify, progress=True)
         else:
             import tempfile
 
             import onnx
 
-            from coupalign_core.inference.cache import atomic_write_bytes
             from coupalign_core.inference.onnx_precision import convert_float_precision
 
             with tempfile.TemporaryDirectory() as tmp:
                 fp32 = export_onnx(model, tokenizer, Path(tmp) / "fp32.onnx", batch_size=args.batch, opset=args.opset,
-                                   exporter=args.exporter, verify=not args.no_verify)
+                                   exporter=args.exporter, verify=not args.no_verify, progress=True)
                 converted = convert_float_precision(onnx.load(str(fp32)), precision)
-            atomic_write_bytes(out, converted.SerializeToString())
-        print(f"wrote {out} ({precision}, batch {args.batch}, opset {args.opset})")
+            save_onnx(converted, out)
+        files = onnx_files(out)
+        size_mb = sum(f.stat().st_size for f in files) / 1e6
+        data = f", weights in {', '.join(f.name for f in files[1:])}" if len(files) > 1 else ""
+        print(f"wrote {out} ({precision}, batch {args.batch}, opset {args.opset}, {size_mb:.1f} MB{data}; "
+              f"peak memory {peak_rss_mb():.0f} MB)")
         return 0
     from coupalign_core.inference.export import cached_onnx
 
     precision = args.precision or "fp16"
     onnx_path = cached_onnx(model, tokenizer, batch_size=args.batch, opset=args.opset, exporter=args.exporter,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, progress=True)
     export_engine(onnx_path, out, precision=precision, cache_dir=args.cache_dir, workspace_gb=args.workspace_gb)
     print(f"wrote {out} and {out}.json ({precision}, batch {args.batch})")
     return 0

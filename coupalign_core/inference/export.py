@@ -12,6 +12,14 @@ An ``.onnx`` file alone is enough to run the Segmenter: its ``metadata_props`` c
     coupalign.tokenizer   the tokenizer state (vocabulary in id order, casing) as JSON
     coupalign.batch_size, coupalign.opset, coupalign.exporter, coupalign.precision,
     coupalign.source_sha256 (hash of the weights it came from), coupalign.torch_version
+
+A graph over protobuf's 2 GB limit is written with its weights in ``<name>.onnx.data`` beside it
+(ONNX external data, :func:`save_onnx`); onnxruntime and ``onnx.load`` find that file by itself.
+
+Exporting a large model (the paper preset) takes minutes and several GB of memory, so the
+Segmenter never does it on first use: ``coupalign export`` does it once, with a progress bar and a
+size and memory note, and the Segmenter refuses a large model whose export is not cached
+(:class:`ExportRequiredError`, docs/inference.md).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -38,6 +46,14 @@ from .options import DEFAULT_OPSET, EXPORTERS
 log = logging.getLogger(__name__)
 
 FORMAT = "coupalign-onnx/1"
+# Models at least this large are exported only when asked (``coupalign export``), never on the spot.
+LARGE_EXPORT_PARAMETERS = 100_000_000
+# Protobuf refuses messages over 2 GiB; above this size the weights go to an external data file.
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
+
+
+class ExportRequiredError(RuntimeError):
+    """A large model has no cached ONNX export, and exporting it on first use is refused."""
 # Sentences for the example inputs: short ones, so the export traces the padded path (the graph
 # is static, but the verification below then exercises attention masks with zeros).
 _EXAMPLE_SENTENCES = ("the cup on the left", "a small red box next to the green ball", "dog", "the man")
@@ -148,6 +164,83 @@ def _export_proto(graph: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int
     return onnx.load_from_string(buf.getvalue())
 
 
+def save_onnx(proto: Any, path: str | os.PathLike, external_data: Optional[bool] = None) -> Path:
+    """Write ``proto`` to ``path`` atomically; the weights go to ``<name>.data`` beside it when
+    ``external_data`` (None: when the graph is over protobuf's 2 GB limit, ``EXTERNAL_DATA_BYTES``).
+
+    With external data ``proto`` is changed in place (its tensors then point to the file)."""
+    import shutil
+    import tempfile
+
+    import onnx
+
+    path = Path(path)
+    if external_data is None:
+        external_data = proto.ByteSize() >= EXTERNAL_DATA_BYTES
+    if not external_data:
+        return atomic_write_bytes(path, proto.SerializeToString())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_name = path.name + ".data"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:  # both files under their final names in a temp folder, then moved: the data file first
+        onnx.save_model(proto, str(tmp / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        os.replace(tmp / data_name, path.parent / data_name)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def onnx_files(path: str | os.PathLike) -> list[Path]:
+    """The graph file and the external data files it names (the files a copy or a hash needs)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    files = [path]
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in _graph_tensors(model.graph):
+        if uses_external_data(tensor):
+            data = path.parent / ExternalDataInfo(tensor).location
+            if data not in files:
+                files.append(data)
+    return files
+
+
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def sha256_onnx(path: str | os.PathLike) -> str:
+    """Hash of a graph with its external data files (a plain ``.onnx``: the hash of the file)."""
+    files = onnx_files(path)
+    if len(files) == 1:
+        return sha256_file(path)
+    return key_digest({f.name: sha256_file(f) for f in files})
+
+
+def is_large(model: nn.Module) -> bool:
+    return sum(p.numel() for p in model.parameters()) >= LARGE_EXPORT_PARAMETERS
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
 def export_onnx(
     model: CoupAlign,
     tokenizer,
@@ -158,6 +251,8 @@ def export_onnx(
     exporter: str = "dynamo",
     verify: bool = True,
     source_sha256: Optional[str] = None,
+    progress: bool = False,
+    external_data: Optional[bool] = None,
 ) -> Path:
     """Export ``model`` to ``out_path`` with fixed shapes (batch_size × S² images, T tokens).
 
@@ -165,9 +260,12 @@ def export_onnx(
     optimizer: a graph with fewer nodes than the legacy exporter's that runs faster in onnxruntime
     (docs/inference.md); ``"legacy"`` is the TorchScript exporter (faster to
     export, kept as a fallback). The ONNX checker runs on the result; with ``verify`` the graph
-    is run in onnxruntime and compared with torch (max-abs difference logged).
+    is run in onnxruntime and compared with torch (max-abs difference logged). ``progress`` shows
+    the stages as a progress bar (the export itself is one step of minutes for a large model);
+    ``external_data`` as in :func:`save_onnx`.
     """
     import onnx
+    from tqdm.auto import tqdm
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -181,9 +279,14 @@ def export_onnx(
     graph = InferenceGraph(model).eval()
     names = output_names(graph.has_presence_head)
     inputs = example_inputs(config, tokenizer, batch_size)
-    log.info("exporting %s to ONNX (opset %d, batch %d, %s exporter)", type(model).__name__, opset, batch_size,
-             exporter)
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("exporting %s (%.1f M parameters) to ONNX (opset %d, batch %d, %s exporter): a file of about "
+             "%.0f MB; the export holds several copies of the weights in memory (docs/inference.md)",
+             type(model).__name__, parameters / 1e6, opset, batch_size, exporter, parameters * 4 / 1e6)
+    stages = ["export (torch.onnx)", "check", "write"] + (["verify (onnxruntime vs torch)"] if verify else [])
+    bar = tqdm(total=len(stages), desc=stages[0], unit="stage", disable=not progress, dynamic_ncols=True)
     proto = _export_proto(graph, inputs, opset, exporter, names)
+    bar.update()
 
     props = {
         "coupalign.format": FORMAT,
@@ -200,13 +303,26 @@ def export_onnx(
     for k, v in props.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     proto.producer_name = "coupalign"
-    onnx.checker.check_model(proto)
-    atomic_write_bytes(out_path, proto.SerializeToString())
-    log.info("wrote %s (%.1f MB)", out_path, out_path.stat().st_size / 1e6)
+    bar.set_description(stages[1])
+    external = proto.ByteSize() >= EXTERNAL_DATA_BYTES if external_data is None else external_data
+    if not external:
+        onnx.checker.check_model(proto)  # a graph over 2 GB is checked from its file below
+    bar.update()
+    bar.set_description(stages[2])
+    save_onnx(proto, out_path, external_data=external)
+    if external:
+        onnx.checker.check_model(str(out_path))
+    bar.update()
+    size_mb = sum(f.stat().st_size for f in onnx_files(out_path)) / 1e6
+    log.info("wrote %s (%.1f MB%s); peak memory of this process so far %.0f MB", out_path, size_mb,
+             ", weights in " + out_path.name + ".data" if external else "", peak_rss_mb())
     if verify:
+        bar.set_description(stages[3])
         diff = verify_onnx(model, tokenizer, out_path, inputs)
         level = logging.INFO if diff <= 1e-4 else logging.WARNING
         log.log(level, "onnxruntime vs torch on the example inputs: max-abs difference %.2e", diff)
+        bar.update()
+    bar.close()
     return out_path
 
 
@@ -238,11 +354,15 @@ def cached_onnx(
     exporter: str = "dynamo",
     cache_dir: Optional[str | os.PathLike] = None,
     source_sha256: Optional[str] = None,
+    refuse_large: bool = False,
+    progress: bool = False,
 ) -> Path:
     """The exported ONNX of ``model``, exporting into ``cache_dir/onnx`` only on a cache miss.
 
     The key covers the weights' hash, the tokenizer, batch, opset, exporter and torch version,
-    so a changed model or exporter never reuses a stale file.
+    so a changed model or exporter never reuses a stale file. ``refuse_large`` (the Segmenter's
+    first use): a miss for a model of ``LARGE_EXPORT_PARAMETERS`` or more raises
+    :class:`ExportRequiredError` instead of exporting for minutes.
     """
     sha = source_sha256 or model_sha256(model)
     key = key_digest(
@@ -253,9 +373,16 @@ def cached_onnx(
     if path.is_file():
         log.info("using cached ONNX export %s", path)
         return path
+    if refuse_large and is_large(model):
+        raise ExportRequiredError(
+            f"this model has {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters: its ONNX export "
+            "takes minutes and several GB of memory, so it is not made on first use. Export it once with "
+            "`coupalign export --checkpoint CHECKPOINT --format onnx --out model.onnx` and load model.onnx, "
+            "or use backend='torch'"
+        )
     return export_onnx(
         model, tokenizer, path, batch_size=batch_size, opset=opset, exporter=exporter, verify=False,
-        source_sha256=sha,
+        source_sha256=sha, progress=progress,
     )
 
 
@@ -273,14 +400,13 @@ def cached_low_precision_onnx(
     onnx_path = Path(onnx_path)
     if precision == "fp32":
         return onnx_path
-    key = key_digest({"source": sha256_file(onnx_path), "precision": precision, "format": FORMAT})
+    key = key_digest({"source": sha256_onnx(onnx_path), "precision": precision, "format": FORMAT})
     path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{onnx_path.stem}-{precision}-{key[:12]}.onnx"
     if path.is_file():
         return path
     log.info("converting %s to %s (LayerNorm/softmax kept in fp32)", onnx_path.name, precision)
     converted = convert_float_precision(onnx.load(str(onnx_path)), precision)
-    atomic_write_bytes(path, converted.SerializeToString())
-    return path
+    return save_onnx(converted, path)
 
 
 def cached_onnxruntime_fused_onnx(onnx_path: str | os.PathLike, cache_dir: Optional[str | os.PathLike] = None) -> Path:
@@ -297,7 +423,7 @@ def cached_onnxruntime_fused_onnx(onnx_path: str | os.PathLike, cache_dir: Optio
     from onnxruntime.transformers.optimizer import optimize_model
 
     onnx_path = Path(onnx_path)
-    key = key_digest({"source": sha256_file(onnx_path), "fusions": "gelu+layernorm", "format": FORMAT})
+    key = key_digest({"source": sha256_onnx(onnx_path), "fusions": "gelu+layernorm", "format": FORMAT})
     path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{onnx_path.stem}-ortfused-{key[:12]}.onnx"
     if path.is_file():
         return path
@@ -312,5 +438,4 @@ def cached_onnxruntime_fused_onnx(onnx_path: str | os.PathLike, cache_dir: Optio
     counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
     log.info("onnxruntime fusions for %s: %s", onnx_path.name, counts or "none")
     model: onnx.ModelProto = fused.model
-    atomic_write_bytes(path, model.SerializeToString())
-    return path
+    return save_onnx(model, path)

@@ -240,7 +240,8 @@ def probe_cpu(options: SegmenterOptions, *, model: Any = None, tokenizer: Any = 
     """
     from ..machine import machine_info
     from .backends.onnxruntime_backend import available_providers
-    from .cache import model_sha256, sha256_file
+    from .cache import model_sha256
+    from .export import sha256_onnx
 
     if (model is None) == (onnx_path is None):
         raise ValueError("probe_cpu needs a model and tokenizer, or an onnx_path")
@@ -250,7 +251,7 @@ def probe_cpu(options: SegmenterOptions, *, model: Any = None, tokenizer: Any = 
         model_key = options.model_sha256 or model_sha256(model)
     else:
         assert onnx_path is not None  # checked above
-        model_key = sha256_file(onnx_path)
+        model_key = sha256_onnx(onnx_path)
     path = probe_path(options, model_key, candidates, machine)
     if not refresh and path.is_file():
         try:

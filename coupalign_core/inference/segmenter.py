@@ -479,9 +479,14 @@ class Segmenter:
 
 
 def _export(model: CoupAlign, tokenizer: TextTokenizer, options: SegmenterOptions) -> Path:
-    """The (cached) fp32 ONNX export of ``model`` that the onnxruntime and TensorRT backends run."""
+    """The (cached) fp32 ONNX export of ``model`` that the onnxruntime and TensorRT backends run.
+
+    A large model (the paper preset) with no cached export raises ``ExportRequiredError`` naming
+    ``coupalign export``: a robot's node must not stall for minutes, or be killed for memory, on
+    its first frame."""
     return cached_onnx(model, tokenizer, batch_size=options.batch_size, opset=options.opset,
-                       exporter=options.exporter, cache_dir=options.cache_dir, source_sha256=options.model_sha256)
+                       exporter=options.exporter, cache_dir=options.cache_dir, source_sha256=options.model_sha256,
+                       refuse_large=True)
 
 
 def _onnxruntime_backend(onnx_path: str | os.PathLike[str], device: str, precision: str, options: SegmenterOptions,
