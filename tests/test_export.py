@@ -313,3 +313,30 @@ def test_segmenter_refuses_to_export_a_large_model_on_first_use(tiny, tiny_onnx,
         torch.set_num_threads(threads)
     assert auto.backend.name == "torch" and auto.probe is not None
     assert any("onnxruntime left out" in note and "coupalign export" in note for note in auto.probe.notes)
+
+
+def test_int8_graph_is_quantized_calibrated_and_close(tiny_onnx, tmp_path, onnx_cache):
+    """precision="int8": the export quantized (QDQ around the matrix products, calibrated on synthetic
+    frames), cached, and close to fp32 (random weights: the logits correlate, they are not equal)."""
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference.quantize import calibration_batches, calibration_frames
+
+    seg = Segmenter.from_onnx(tiny_onnx, precision="int8", num_threads=1, threshold=0.0, cache_dir=tmp_path)
+    assert seg.backend.name == "onnxruntime" and seg.backend.precision == "int8"
+    graph_path = seg.backend.onnx_path  # type: ignore[attr-defined]
+    graph = onnx.load(str(graph_path))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    info = read_onnx_info(graph_path)
+    assert info.precision == "int8" and info.config == read_onnx_info(tiny_onnx).config
+    # the quantized file runs on its own, as an int8 graph
+    again = Segmenter.from_onnx(graph_path, num_threads=1, threshold=0.0, cache_dir=tmp_path)
+    assert again.backend.precision == "int8" and again.backend.onnx_path == graph_path  # type: ignore[attr-defined]
+    fp32 = OnnxRuntimeBackend(tiny_onnx, num_threads=1, cpu_provider="cpu")
+    frames = calibration_frames(3, seed=4242)
+    for feed in calibration_batches(frames, info.tokenizer, info.config.image_size, info.config.max_tokens, 1):
+        want = fp32(feed["images"], feed["input_ids"], feed["attention_mask"]).logits.ravel()
+        got = seg.backend(feed["images"], feed["input_ids"], feed["attention_mask"]).logits.ravel()
+        assert np.corrcoef(want, got)[0, 1] > 0.9
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        Segmenter.from_onnx(tiny_onnx, precision="int8", device="cuda")

@@ -325,6 +325,8 @@ def test_bad_options_raise(model_and_tokenizer):
     with pytest.raises(ValueError, match="backend must be one of"):
         Segmenter(model, tok, backend="tflite")
     with pytest.raises(ValueError, match="precision must be one of"):
+        Segmenter(model, tok, backend="torch", precision="int4")
+    with pytest.raises(ValueError, match="precision int8 runs on backend 'onnxruntime' on the CPU"):
         Segmenter(model, tok, backend="torch", precision="int8")
     with pytest.raises(ValueError, match="threshold must be in"):
         Segmenter(model, tok, backend="torch", threshold=1.5)

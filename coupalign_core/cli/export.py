@@ -4,7 +4,8 @@ ONNX: inputs images (B,3,S,S), input_ids and attention_mask (B,T); outputs logit
 presence_logits (B,) when the model has a presence head. The file carries the model config and
 tokenizer in its metadata, so `coupalign segment --checkpoint model.onnx` needs nothing else.
 --precision fp16/bf16 writes the mixed-precision graph (LayerNorm/softmax in fp32) that a
-strongly typed TensorRT build (trtexec --stronglyTyped) expects.
+strongly typed TensorRT build (trtexec --stronglyTyped) expects; --precision int8 the INT8 (QDQ)
+graph that onnxruntime runs on the CPU, calibrated on frames of the synthetic world.
 
 The export of a large model (the paper preset) takes minutes and several GB of memory: this verb
 shows its stages as a progress bar and logs the expected size first and the file size and peak
@@ -42,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "files whose origin you trust")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default %(default)s)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
-                        help="graph precision (default: fp32 for onnx, fp16 for tensorrt)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
+                        help="graph precision (default: fp32 for onnx, fp16 for tensorrt); int8 (onnx only): "
+                             "static quantization calibrated on the synthetic world, for onnxruntime on the CPU")
     parser.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
                         help="torch.onnx exporter (default %(default)s: smaller, faster graph)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check")
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         export_weights(args.checkpoint, out, trust_pickle=args.trust_pickle)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         return 0
+    if args.precision == "int8" and args.format != "onnx":
+        raise ValueError("--precision int8 writes an onnx graph for onnxruntime on the CPU: use --format onnx")
     if args.format == "tensorrt":
         from coupalign_core.inference.backends.tensorrt_backend import export_engine, require_tensorrt_and_cuda
 
@@ -92,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 fp32 = export_onnx(model, tokenizer, Path(tmp) / "fp32.onnx", batch_size=args.batch, opset=args.opset,
                                    exporter=args.exporter, verify=not args.no_verify, progress=True)
-                converted = convert_float_precision(onnx.load(str(fp32)), precision)
-            save_onnx(converted, out)
+                if precision == "int8":
+                    from coupalign_core.inference.quantize import quantize_int8
+
+                    quantize_int8(fp32, out)
+                else:
+                    save_onnx(convert_float_precision(onnx.load(str(fp32)), precision), out)
         files = onnx_files(out)
         size_mb = sum(f.stat().st_size for f in files) / 1e6
         data = f", weights in {', '.join(f.name for f in files[1:])}" if len(files) > 1 else ""

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # int8: onnxruntime on the CPU only (inference/quantize.py)
 CPU_PROVIDERS = ("auto", "openvino", "cpu")  # onnxruntime on the CPU
 PRECISION_MODES = ("autocast", "cast")  # torch fp16/bf16
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile

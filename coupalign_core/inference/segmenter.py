@@ -515,8 +515,12 @@ def _onnxruntime_provider(device: str, precision: str, cpu_provider: str) -> str
 def _onnxruntime_graph(onnx_path: str | os.PathLike[str], precision: str, provider: str,
                        cache_dir: Optional[str | os.PathLike[str]]) -> Path:
     """The graph the onnxruntime backend runs: the portable export for OpenVINO (standard ONNX
-    only), the copy with onnxruntime's contrib-op fusions for its own CPU and CUDA kernels, or
-    the fp16 copy."""
+    only), the copy with onnxruntime's contrib-op fusions for its own CPU and CUDA kernels, the
+    fp16 copy, or the INT8 (QDQ) one calibrated on the synthetic world."""
+    if precision == "int8":
+        from .quantize import cached_int8_onnx
+
+        return cached_int8_onnx(onnx_path, cache_dir)
     if precision != "fp32":
         return cached_low_precision_onnx(onnx_path, precision, cache_dir)
     if provider in ("cpu", "cuda"):
@@ -555,6 +559,15 @@ def _chosen_backend(outcome: ProbeOutcome, options: SegmenterOptions, model: Opt
 def _resolve(backend: str, device: Optional[str], precision: str, allow_torch: bool) -> tuple[str, str]:
     """Backend name and device; ``auto`` asks ``choose_backend`` and logs its reason (on the CPU in
     fp32 the probe then decides among the CPU backends, see ``probe.py``)."""
+    if precision == "int8":
+        if backend not in ("auto", "onnxruntime"):
+            raise ValueError(f"precision int8 runs on backend 'onnxruntime' on the CPU (a quantized graph, "
+                             f"inference/quantize.py); backend {backend!r} runs fp32, fp16 or bf16")
+        if device not in (None, "cpu"):
+            raise ValueError(f"precision int8 runs on the CPU only, got device {device!r}")
+        if backend == "auto":
+            log.info("backend='auto' chose onnxruntime on cpu: int8 runs on onnxruntime's CPU kernels")
+        return "onnxruntime", "cpu"
     if backend == "onnxruntime" and precision == "bf16":
         others = "'torch' or 'tensorrt'" if allow_torch else "'tensorrt'"
         raise ValueError(f"the onnxruntime backend runs fp32 or fp16 graphs; use backend {others} for bf16")

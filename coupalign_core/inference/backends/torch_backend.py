@@ -62,6 +62,9 @@ class TorchBackend(InferenceBackend):
         num_threads: Optional[int] = None,
     ):
         self.precision = check_precision(precision)
+        if precision not in _DTYPES:
+            raise ValueError(f"the torch backend runs {', '.join(_DTYPES)}; {precision} runs on backend "
+                             "'onnxruntime' on the CPU")
         if precision_mode not in PRECISION_MODES:
             raise ValueError(f"precision_mode must be one of {PRECISION_MODES}, got {precision_mode!r}")
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
