@@ -23,7 +23,9 @@ log = logging.getLogger("compare_backends")
 
 def parse_spec(text: str) -> tuple[str, str, dict[str, Any]]:
     """``backend:precision[:option=value,...]``, e.g. ``torch:bf16``, ``onnxruntime:fp32:threads=1``
-    or ``onnxruntime:fp32:provider=cpu`` (onnxruntime's own CPU kernels instead of OpenVINO's).
+    or ``onnxruntime:fp32:provider=cpu`` (onnxruntime's own CPU kernels instead of OpenVINO's), or
+    ``onnxruntime:fp32:dynamic=1`` (a graph with a symbolic batch: ``--batch N`` in one call), or
+    ``onnxruntime:int8``.
 
     Returns (backend, precision, SegmenterOptions fields the options set)."""
     parts = text.split(":")
@@ -40,9 +42,11 @@ def parse_spec(text: str) -> tuple[str, str, dict[str, Any]]:
             options["precision_mode"] = value
         elif key == "provider":
             options["cpu_provider"] = value
+        elif key == "dynamic":
+            options["dynamic_batch"] = value in ("1", "true", "yes")
         else:
             raise argparse.ArgumentTypeError(
-                f"unknown option {key!r} in {text!r} (threads=, compile=, mode=, provider=)")
+                f"unknown option {key!r} in {text!r} (threads=, compile=, mode=, provider=, dynamic=)")
     return backend, precision, options
 
 
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_source.add_argument("--checkpoint")
     parser.add_argument("--backends", nargs="+", type=parse_spec,
                         default=[parse_spec("torch:fp32"), parse_spec("onnxruntime:fp32")],
-                        help="backend:precision[:threads=N,compile=1,mode=cast,provider=cpu] "
+                        help="backend:precision[:threads=N,compile=1,mode=cast,provider=cpu,dynamic=1] "
                              "(first one is the baseline)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--image-size", default="640x480", metavar="WxH")

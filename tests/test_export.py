@@ -340,3 +340,61 @@ def test_int8_graph_is_quantized_calibrated_and_close(tiny_onnx, tmp_path, onnx_
         assert np.corrcoef(want, got)[0, 1] > 0.9
     with pytest.raises(ValueError, match="int8 runs on the CPU only"):
         Segmenter.from_onnx(tiny_onnx, precision="int8", device="cuda")
+
+
+def _symbolic_batch_graph(path):
+    """A stand-in CoupAlign graph with a symbolic batch: logits = the first image channel."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8]),
+              helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 4]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", 4])]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", 1), ("a", 1))]
+    node = helper.make_node("Slice", ["images", "s", "e", "a"], ["logits"])
+    graph = helper.make_graph([node], "g", inputs, [out], initializer=consts)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    return path
+
+
+def test_a_symbolic_batch_runs_any_batch_in_one_call(tmp_path):
+    backend = OnnxRuntimeBackend(_symbolic_batch_graph(tmp_path / "dyn.onnx"), num_threads=1, cpu_provider="cpu")
+    assert backend.batch_size is None and backend.image_size == 8 and backend.max_tokens == 4
+    assert "batch any" in backend.describe()
+    for batch in (1, 3):
+        images = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+        ids = np.zeros((batch, 4), np.int64)
+        out = backend(images, ids, ids)
+        np.testing.assert_array_equal(out.logits, images[:, :1])
+
+
+def test_dynamic_batch_needs_the_dynamo_exporter(tiny, tmp_path):
+    from coupalign_core.inference import SegmenterOptions
+
+    with pytest.raises(ValueError, match="dynamic_batch needs exporter 'dynamo'"):
+        SegmenterOptions(dynamic_batch=True, exporter="legacy")
+    model, tok = tiny
+    with pytest.raises(ValueError, match="a dynamic batch needs the dynamo exporter"):
+        export_onnx(model, tok, tmp_path / "x.onnx", exporter="legacy", dynamic_batch=True)
+
+
+@pytest.mark.slow
+def test_dynamic_batch_export_matches_torch_at_every_batch(tiny, tmp_path):
+    from coupalign_core.inference import Segmenter
+
+    model, tok = tiny
+    path = export_onnx(model, tok, tmp_path / "dyn.onnx", dynamic_batch=True, verify=False)
+    assert read_onnx_info(path).batch_size is None
+    backend = OnnxRuntimeBackend(path, num_threads=1, cpu_provider="cpu")
+    assert backend.batch_size is None
+    for batch in (1, 3):
+        inputs = example_inputs(model.config, tok, batch, seed=batch)
+        got = backend(*(t.numpy() for t in inputs))
+        want = torch_outputs(model, *inputs)
+        assert got.logits.shape == (batch, 1, model.config.image_size, model.config.image_size)
+        assert np.abs(got.logits - want[0]).max() <= 1e-4
+    seg = Segmenter(model, tok, backend="onnxruntime", device="cpu", dynamic_batch=True, num_threads=1,
+                    threshold=0.0, cache_dir=tmp_path)
+    assert seg.backend.batch_size is None
+    results = seg.batch([np.zeros((30, 40, 3), np.uint8)] * 3, ["the cup", "a box", "the ball"])
+    assert len(results) == 3

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "files whose origin you trust")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default %(default)s)")
+    parser.add_argument("--dynamic-batch", action="store_true",
+                        help="onnx: a symbolic batch dimension (any batch in one onnxruntime call; dynamo exporter)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
                         help="graph precision (default: fp32 for onnx, fp16 for tensorrt); int8 (onnx only): "
                              "static quantization calibrated on the synthetic world, for onnxruntime on the CPU")
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         export_weights(args.checkpoint, out, trust_pickle=args.trust_pickle)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         return 0
+    if args.dynamic_batch and args.format != "onnx":
+        raise ValueError("--dynamic-batch is for --format onnx (onnxruntime); a TensorRT engine has a fixed batch")
     if args.precision == "int8" and args.format != "onnx":
         raise ValueError("--precision int8 writes an onnx graph for onnxruntime on the CPU: use --format onnx")
     if args.format == "tensorrt":
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         precision = args.precision or "fp32"
         if precision == "fp32":
             export_onnx(model, tokenizer, out, batch_size=args.batch, opset=args.opset, exporter=args.exporter,
-                        verify=not args.no_verify, progress=True)
+                        verify=not args.no_verify, progress=True, dynamic_batch=args.dynamic_batch)
         else:
             import tempfile
 
@@ -95,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
             with tempfile.TemporaryDirectory() as tmp:
                 fp32 = export_onnx(model, tokenizer, Path(tmp) / "fp32.onnx", batch_size=args.batch, opset=args.opset,
-                                   exporter=args.exporter, verify=not args.no_verify, progress=True)
+                                   exporter=args.exporter, verify=not args.no_verify, progress=True,
+                                   dynamic_batch=args.dynamic_batch)
                 if precision == "int8":
                     from coupalign_core.inference.quantize import quantize_int8
 
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         files = onnx_files(out)
         size_mb = sum(f.stat().st_size for f in files) / 1e6
         data = f", weights in {', '.join(f.name for f in files[1:])}" if len(files) > 1 else ""
-        print(f"wrote {out} ({precision}, batch {args.batch}, opset {args.opset}, {size_mb:.1f} MB{data}; "
+        batch = "dynamic" if args.dynamic_batch else args.batch
+        print(f"wrote {out} ({precision}, batch {batch}, opset {args.opset}, {size_mb:.1f} MB{data}; "
               f"peak memory {peak_rss_mb():.0f} MB)")
         return 0
     from coupalign_core.inference.export import cached_onnx

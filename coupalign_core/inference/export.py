@@ -2,15 +2,17 @@
 
 The exported graph (see ``graph.py``) has inputs ``images`` (B,3,S,S) float32, ``input_ids`` and
 ``attention_mask`` (B,T) int64, and outputs ``logits`` (B,1,S,S) and, with a presence head,
-``presence_logits`` (B,). Shapes are fixed: TensorRT fuses static shapes best, and the legacy
-exporter bakes attention reshapes so dynamic axes would fail at run time anyway.
+``presence_logits`` (B,). Shapes are fixed by default: TensorRT fuses static shapes best, and the
+legacy exporter bakes attention reshapes so dynamic axes would fail at run time there. With
+``dynamic_batch`` (dynamo exporter only) B is a symbolic ``batch`` dimension, so onnxruntime runs
+any batch in one call (several cameras at once) instead of chunks of a fixed one.
 
 An ``.onnx`` file alone is enough to run the Segmenter: its ``metadata_props`` carry
 
     coupalign.format      "coupalign-onnx/1"
     coupalign.config      the CoupAlignConfig as JSON
     coupalign.tokenizer   the tokenizer state (vocabulary in id order, casing) as JSON
-    coupalign.batch_size, coupalign.opset, coupalign.exporter, coupalign.precision,
+    coupalign.batch_size ("dynamic" for a symbolic batch), coupalign.opset, coupalign.exporter, coupalign.precision,
     coupalign.source_sha256 (hash of the weights it came from), coupalign.torch_version
 
 A graph over protobuf's 2 GB limit is written with its weights in ``<name>.onnx.data`` beside it
@@ -46,6 +48,7 @@ from .options import DEFAULT_OPSET, EXPORTERS
 log = logging.getLogger(__name__)
 
 FORMAT = "coupalign-onnx/1"
+DYNAMIC = "dynamic"  # coupalign.batch_size of a graph with a symbolic batch dimension
 # Models at least this large are exported only when asked (``coupalign export``), never on the spot.
 LARGE_EXPORT_PARAMETERS = 100_000_000
 # Protobuf refuses messages over 2 GiB; above this size the weights go to an external data file.
@@ -65,7 +68,7 @@ class OnnxModelInfo:
 
     config: Any  # CoupAlignConfig
     tokenizer: Any  # TextTokenizer
-    batch_size: int
+    batch_size: Optional[int]  # None: a dynamic batch
     opset: int
     exporter: str
     precision: str
@@ -85,7 +88,7 @@ class OnnxModelInfo:
         return cls(
             config=CoupAlignConfig.from_dict(json.loads(props["coupalign.config"])),
             tokenizer=TextTokenizer.from_state(json.loads(props["coupalign.tokenizer"])),
-            batch_size=int(props["coupalign.batch_size"]),
+            batch_size=None if props["coupalign.batch_size"] == DYNAMIC else int(props["coupalign.batch_size"]),
             opset=int(props.get("coupalign.opset", DEFAULT_OPSET)),
             exporter=props.get("coupalign.exporter", "unknown"),
             precision=props.get("coupalign.precision", "fp32"),
@@ -141,13 +144,15 @@ def _quiet_exporter():
 
 
 def _export_proto(graph: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, exporter: str,
-                  names: tuple[str, ...]) -> Any:
+                  names: tuple[str, ...], dynamic_batch: bool = False) -> Any:
     import onnx
 
     if exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        dynamic_shapes = tuple({0: batch} for _ in INPUT_NAMES) if dynamic_batch else None
         with _quiet_exporter():
             program = torch.onnx.export(
-                graph, inputs, dynamo=True, opset_version=opset,
+                graph, inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
                 input_names=list(INPUT_NAMES), output_names=list(names), optimize=True, verbose=False,
             )
         if program is None:  # only the legacy path returns None
@@ -253,6 +258,7 @@ def export_onnx(
     source_sha256: Optional[str] = None,
     progress: bool = False,
     external_data: Optional[bool] = None,
+    dynamic_batch: bool = False,
 ) -> Path:
     """Export ``model`` to ``out_path`` with fixed shapes (batch_size × S² images, T tokens).
 
@@ -262,7 +268,8 @@ def export_onnx(
     export, kept as a fallback). The ONNX checker runs on the result; with ``verify`` the graph
     is run in onnxruntime and compared with torch (max-abs difference logged). ``progress`` shows
     the stages as a progress bar (the export itself is one step of minutes for a large model);
-    ``external_data`` as in :func:`save_onnx`.
+    ``external_data`` as in :func:`save_onnx`. ``dynamic_batch``: a symbolic batch dimension
+    (dynamo exporter; traced with a batch of at least 2, which a dynamic batch needs).
     """
     import onnx
     from tqdm.auto import tqdm
@@ -273,26 +280,28 @@ def export_onnx(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
+    if dynamic_batch and exporter != "dynamo":
+        raise ValueError("a dynamic batch needs the dynamo exporter: the legacy one bakes the attention reshapes")
     out_path = Path(out_path)
     config = model.config
     model = _on_cpu(model)
     graph = InferenceGraph(model).eval()
     names = output_names(graph.has_presence_head)
-    inputs = example_inputs(config, tokenizer, batch_size)
+    inputs = example_inputs(config, tokenizer, max(batch_size, 2) if dynamic_batch else batch_size)
     parameters = sum(p.numel() for p in model.parameters())
     log.info("exporting %s (%.1f M parameters) to ONNX (opset %d, batch %d, %s exporter): a file of about "
              "%.0f MB; the export holds several copies of the weights in memory (docs/inference.md)",
              type(model).__name__, parameters / 1e6, opset, batch_size, exporter, parameters * 4 / 1e6)
     stages = ["export (torch.onnx)", "check", "write"] + (["verify (onnxruntime vs torch)"] if verify else [])
     bar = tqdm(total=len(stages), desc=stages[0], unit="stage", disable=not progress, dynamic_ncols=True)
-    proto = _export_proto(graph, inputs, opset, exporter, names)
+    proto = _export_proto(graph, inputs, opset, exporter, names, dynamic_batch)
     bar.update()
 
     props = {
         "coupalign.format": FORMAT,
         "coupalign.config": json.dumps(config.to_dict()),
         "coupalign.tokenizer": json.dumps(tokenizer.to_state()),
-        "coupalign.batch_size": str(batch_size),
+        "coupalign.batch_size": DYNAMIC if dynamic_batch else str(batch_size),
         "coupalign.opset": str(opset),
         "coupalign.exporter": exporter,
         "coupalign.precision": "fp32",
@@ -356,6 +365,7 @@ def cached_onnx(
     source_sha256: Optional[str] = None,
     refuse_large: bool = False,
     progress: bool = False,
+    dynamic_batch: bool = False,
 ) -> Path:
     """The exported ONNX of ``model``, exporting into ``cache_dir/onnx`` only on a cache miss.
 
@@ -366,10 +376,11 @@ def cached_onnx(
     """
     sha = source_sha256 or model_sha256(model)
     key = key_digest(
-        {"weights": sha, "tokenizer": tokenizer.to_state(), "batch": batch_size, "opset": opset,
-         "exporter": exporter, "torch": torch.__version__, "format": FORMAT}
+        {"weights": sha, "tokenizer": tokenizer.to_state(), "batch": DYNAMIC if dynamic_batch else batch_size,
+         "opset": opset, "exporter": exporter, "torch": torch.__version__, "format": FORMAT}
     )
-    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"coupalign-b{batch_size}-{key[:20]}.onnx"
+    batch = "dyn" if dynamic_batch else str(batch_size)
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"coupalign-b{batch}-{key[:20]}.onnx"
     if path.is_file():
         log.info("using cached ONNX export %s", path)
         return path
@@ -382,7 +393,7 @@ def cached_onnx(
         )
     return export_onnx(
         model, tokenizer, path, batch_size=batch_size, opset=opset, exporter=exporter, verify=False,
-        source_sha256=sha, progress=progress,
+        source_sha256=sha, progress=progress, dynamic_batch=dynamic_batch,
     )
 
 

@@ -116,6 +116,9 @@ class SegmenterOptions:
         batch_size (`int`, *optional*, defaults to 1):
             The fixed batch of an exported graph (onnxruntime, TensorRT); `Segmenter.batch` runs
             chunks of it. The torch backend runs any batch.
+        dynamic_batch (`bool`, *optional*, defaults to `False`):
+            onnxruntime: export the graph with a symbolic batch, so `Segmenter.batch` runs all its
+            frames in one call (several cameras); `batch_size` is then unused. Not for TensorRT.
         opset (`int`, *optional*, defaults to `DEFAULT_OPSET`):
             ONNX opset of the on-the-fly export of a checkpoint.
         exporter (`str`, *optional*, defaults to `"dynamo"`):
@@ -142,6 +145,7 @@ class SegmenterOptions:
     compile_mode: Optional[str] = None
     precision_mode: str = "autocast"
     batch_size: int = 1
+    dynamic_batch: bool = False
     opset: int = DEFAULT_OPSET
     exporter: str = "dynamo"
     cache_dir: Optional[str | os.PathLike[str]] = None
@@ -161,6 +165,9 @@ class SegmenterOptions:
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
         _check_choice("precision_mode", self.precision_mode, PRECISION_MODES)
         self._set("batch_size", _check_positive_int("batch_size", self.batch_size))
+        _check_bool("dynamic_batch", self.dynamic_batch)
+        if self.dynamic_batch and self.exporter != "dynamo":
+            raise ValueError("dynamic_batch needs exporter 'dynamo' (the legacy exporter bakes the attention reshapes)")
         self._set("opset", _check_positive_int("opset", self.opset))
         _check_choice("exporter", self.exporter, EXPORTERS)
         if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):

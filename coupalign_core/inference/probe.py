@@ -224,7 +224,8 @@ def probe_path(options: SegmenterOptions, model_key: str, candidates: Sequence[C
 
     key = key_digest({
         "version": PROBE_VERSION, "machine": machine_fingerprint(dict(machine)), "model": model_key,
-        "batch": options.batch_size, "opset": options.opset, "exporter": options.exporter,
+        "batch": "dynamic" if options.dynamic_batch else options.batch_size, "opset": options.opset,
+        "exporter": options.exporter,
         "candidates": [asdict(c) for c in candidates],
     })
     return Path(options.cache_dir or default_cache_dir()) / "probe" / f"cpu-{key[:24]}.json"

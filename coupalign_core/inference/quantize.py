@@ -98,7 +98,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike
         raise ValueError(f"{onnx_path} is a {info.precision} graph; INT8 quantization starts from the fp32 export")
     frames = list(frames) if frames is not None else calibration_frames()
     feeds = calibration_batches(frames, info.tokenizer, info.config.image_size, info.config.max_tokens,
-                                info.batch_size)
+                                info.batch_size or 1)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         quantized = Path(tmp) / "int8.onnx"

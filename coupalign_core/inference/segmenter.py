@@ -176,6 +176,8 @@ class Segmenter:
         else:
             from .backends.tensorrt_backend import TensorRTBackend, require_tensorrt_and_cuda
 
+            if options.dynamic_batch:
+                raise ValueError("dynamic_batch is for onnxruntime; a TensorRT engine is built for a fixed batch_size")
             require_tensorrt_and_cuda()  # before the export, which takes a while
             impl = TensorRTBackend(
                 _export(model, tokenizer, options), precision=precision, cache_dir=options.cache_dir,
@@ -486,7 +488,7 @@ def _export(model: CoupAlign, tokenizer: TextTokenizer, options: SegmenterOption
     its first frame."""
     return cached_onnx(model, tokenizer, batch_size=options.batch_size, opset=options.opset,
                        exporter=options.exporter, cache_dir=options.cache_dir, source_sha256=options.model_sha256,
-                       refuse_large=True)
+                       refuse_large=True, dynamic_batch=options.dynamic_batch)
 
 
 def _onnxruntime_backend(onnx_path: str | os.PathLike[str], device: str, precision: str, options: SegmenterOptions,
