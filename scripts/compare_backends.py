@@ -13,10 +13,13 @@ memory, speed-up over the first backend) with the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 log = logging.getLogger("compare_backends")
 
@@ -68,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch.set_num_threads and onnxruntime intra-op threads "
                              "(default: torch's and the usable cores)")
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--competing-load", type=int, default=0, metavar="N",
+                        help="run N busy-looping processes during the timed runs (N = the core count: another "
+                             "process busy on every core), to see which configuration holds its p90 under load")
     parser.add_argument("--markdown", default=None, help="write the table (with machine and command) here")
     parser.add_argument("--json", dest="json_out", default=None, help="write all numbers as JSON here")
     return parser
@@ -122,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             fields.setdefault("num_threads", args.threads)
         segmenters[name] = Segmenter(model, tokenizer, common.replace(backend=backend, precision=precision, **fields))
     machine = machine_info()
-    results = benchmark_interleaved(segmenters, synthetic_frame(width, height), DEFAULT_TEXT, runs=args.runs,
-                                    warmup=args.warmup, batch_size=args.batch, device=args.device)
+    with competing_load(args.competing_load):
+        results = benchmark_interleaved(segmenters, synthetic_frame(width, height), DEFAULT_TEXT, runs=args.runs,
+                                        warmup=args.warmup, batch_size=args.batch, device=args.device)
     load_after = machine_info()["load_average_1min"]
     table = format_table(results, baseline=next(iter(results)))
     where = describe_machine(machine)
@@ -132,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         f"**{source}**, {width}x{height} frames, batch {args.batch}, {args.runs} interleaved runs after "
         f"{args.warmup} warm-up, on {where}, torch threads {torch.get_num_threads()}; torch {machine['torch']}, "
         f"onnxruntime {_onnxruntime_version(machine)}; "
-        f"{timestamp()}; 1-min load average {_load(machine['load_average_1min'])} before, {_load(load_after)} after.",
+        f"{timestamp()}; 1-min load average {_load(machine['load_average_1min'])} before, {_load(load_after)} after"
+        + (f"; {args.competing_load} competing busy processes during the runs." if args.competing_load else "."),
         "",
         table,
         "",
@@ -145,8 +153,24 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.markdown).write_text(report)
     if args.json_out:
         write_json(args.json_out, {"date": timestamp(), "machine": machine, "load_average_1min_after": load_after,
+                                   "competing_load_processes": args.competing_load,
                                    "source": source, "image_size": [width, height], "results": results})
     return 0
+
+
+@contextlib.contextmanager
+def competing_load(processes: int) -> Iterator[None]:
+    """``processes`` Python processes spinning on the CPU while the block runs (ended by their pids)."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(0, processes))]
+    try:
+        if busy:
+            time.sleep(1.0)  # let the scheduler spread them
+        yield
+    finally:
+        for proc in busy:
+            proc.terminate()
+        for proc in busy:
+            proc.wait(timeout=10)
 
 
 def _onnxruntime_version(machine: dict[str, Any]) -> str:
