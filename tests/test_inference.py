@@ -353,7 +353,7 @@ def test_torch_cuda_matches_cpu(model_and_tokenizer, seg, precision):
     [
         ("backend", "tflite", "backend must be one of"),
         ("device", "tpu", "device must be one of"),
-        ("precision", "int8", "precision must be one of"),
+        ("precision", "int4", "precision must be one of"),
         ("threshold", 1.5, "threshold must be in [0, 1]"),
         ("threshold", float("nan"), "threshold must be in [0, 1]"),
         ("threshold", "0.5", "threshold must be a number"),
