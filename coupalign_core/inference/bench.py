@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+# The machine record moved to coupalign_core.machine; importable here for callers of the old place.
+from ..machine import machine_info as machine_info
+
 STAGES = ("preprocess", "inference", "postprocess", "total")
 DEFAULT_TEXT = "the red cup on the left of the table"
 
