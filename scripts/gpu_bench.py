@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from coupalign_core.inference.backends import probe_environment
-    from coupalign_core.inference.bench import machine_info, parse_image_size, synthetic_frame
+    from coupalign_core.inference.bench import parse_image_size, synthetic_frame
+    from coupalign_core.machine import machine_info
     from coupalign_core.model import CoupAlign, CoupAlignConfig, build_tokenizer
 
     width, height = parse_image_size(args.image_size)
@@ -158,6 +159,11 @@ def run_config(model: Any, tokenizer: Any, image: Any, backend: str, precision: 
     torch.backends.cuda.matmul.allow_tf32 = options.pop("tf32", False)
     t0 = time.perf_counter()
     try:
+        if backend in ("onnxruntime", "tensorrt"):
+            from coupalign_core.inference.export import cached_onnx
+
+            # the Segmenter does not export the paper preset on first use: export it here, once
+            cached_onnx(model, tokenizer, cache_dir=cache_dir, progress=True)
         seg = Segmenter(model, tokenizer, backend=backend, device=args.device, precision=precision,
                         cache_dir=cache_dir, **options)
         seg(image, "warm-up sentence")  # compiles / builds / autotunes here
@@ -181,6 +187,7 @@ def write_report(args: argparse.Namespace, results: dict[str, dict], notes: dict
                  frame: tuple[int, int], total_s: float, out_dir: Path) -> None:
     """Prints the table and writes gpu_bench.md and gpu_bench.json into ``out_dir``."""
     from coupalign_core.inference.bench import format_table, timestamp, write_json
+    from coupalign_core.machine import describe_machine
 
     width, height = frame
     gpu = machine.get("gpu", "no GPU (CPU logic check)")
@@ -188,7 +195,7 @@ def write_report(args: argparse.Namespace, results: dict[str, dict], notes: dict
     table = format_table(results, baseline=baseline) if results else "(no configuration ran)"
     lines = [
         f"**{args.preset} preset** (random init), {width}x{height} frames, batch 1, {args.runs} runs after "
-        f"{args.warmup} warm-up, on **{gpu}** ({machine['cpu']}); torch {machine['torch']}, "
+        f"{args.warmup} warm-up, on **{gpu}** (host: {describe_machine(machine)}); torch {machine['torch']}, "
         f"CUDA {machine.get('cuda')}; {timestamp()}; whole script {total_s:.0f} s.",
         "",
         table,

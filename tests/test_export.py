@@ -202,6 +202,9 @@ def test_export_verb(tiny, tmp_path, capsys):
     rc = main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out), "--exporter", "legacy",
                "--precision", "fp16", "--no-verify"])
     assert rc == 0 and out.is_file()
+    printed = capsys.readouterr()
+    assert "export (torch.onnx)" in printed.err and "stage" in printed.err  # the progress bar
+    assert f"wrote {out} (fp16, batch 1, opset 18, " in printed.out and " MB; peak memory " in printed.out
     info = read_onnx_info(out)
     assert info.precision == "fp16" and info.exporter == "legacy"
     # The fp16 file runs in onnxruntime on its own (inputs and outputs stay float32).
@@ -266,3 +269,132 @@ def test_onnxruntime_matches_torch_small(tmp_path):
         assert verify_onnx(model, tok, fused, tuple(inputs)) <= 1e-4
         if HAS_OPENVINO:  # what the onnxruntime backend runs where onnxruntime has OpenVINO
             assert verify_onnx(model, tok, path, tuple(inputs), cpu_provider="openvino") <= 1e-4
+
+
+def test_external_data_graph_loads_and_runs(tiny, tiny_onnx, tmp_path, onnx_cache):
+    """A graph over protobuf's 2 GB limit keeps its weights beside it; everything that reads an
+    .onnx finds them (here forced on the tiny graph)."""
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference.export import onnx_files, save_onnx, sha256_onnx
+
+    path = save_onnx(onnx.load(str(tiny_onnx)), tmp_path / "split.onnx", external_data=True)
+    files = onnx_files(path)
+    assert files == [path, tmp_path / "split.onnx.data"] and path.stat().st_size < files[1].stat().st_size
+    assert read_onnx_info(path).config == read_onnx_info(tiny_onnx).config
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+    image = np.zeros((40, 56, 3), np.uint8)
+    plain = Segmenter.from_onnx(tiny_onnx, backend="onnxruntime", cpu_provider="cpu", num_threads=1, threshold=0.0,
+                                cache_dir=onnx_cache)(image, "the cup")
+    for provider in ("cpu", "openvino") if HAS_OPENVINO else ("cpu",):
+        split = Segmenter.from_onnx(path, backend="onnxruntime", cpu_provider=provider, num_threads=1, threshold=0.0,
+                                    cache_dir=tmp_path / "cache")(image, "the cup")
+        assert abs(split.score - plain.score) < 1e-4, provider
+    before = sha256_onnx(path)
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[:-4] + bytes(4))  # other weights, same graph file
+    assert sha256_onnx(path) != before
+
+
+def test_segmenter_refuses_to_export_a_large_model_on_first_use(tiny, tiny_onnx, tmp_path, onnx_cache, monkeypatch):
+    from coupalign_core.inference import Segmenter, export
+
+    model, tok = tiny
+    monkeypatch.setattr(export, "LARGE_EXPORT_PARAMETERS", 1000)  # the tiny model counts as large
+    with pytest.raises(export.ExportRequiredError, match=r"coupalign export --checkpoint CHECKPOINT --format onnx"):
+        Segmenter(model, tok, backend="onnxruntime", device="cpu", cache_dir=tmp_path)
+    assert not (tmp_path / "onnx").exists()  # nothing was exported
+    # an export made beforehand (the cache that `coupalign export --format tensorrt` and gpu_bench fill) is used
+    assert Segmenter(model, tok, backend="onnxruntime", device="cpu", num_threads=1, cache_dir=onnx_cache)
+    # backend="auto" leaves onnxruntime out of its probe and says why
+    threads = torch.get_num_threads()
+    try:
+        auto = Segmenter(model, tok, backend="auto", device="cpu", num_threads=1, cache_dir=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert auto.backend.name == "torch" and auto.probe is not None
+    assert any("onnxruntime left out" in note and "coupalign export" in note for note in auto.probe.notes)
+
+
+def test_int8_graph_is_quantized_calibrated_and_close(tiny_onnx, tmp_path, onnx_cache):
+    """precision="int8": the export quantized (QDQ around the matrix products, calibrated on synthetic
+    frames), cached, and close to fp32 (random weights: the logits correlate, they are not equal)."""
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.inference.quantize import calibration_batches, calibration_frames
+
+    seg = Segmenter.from_onnx(tiny_onnx, precision="int8", num_threads=1, threshold=0.0, cache_dir=tmp_path)
+    assert seg.backend.name == "onnxruntime" and seg.backend.precision == "int8"
+    graph_path = seg.backend.onnx_path  # type: ignore[attr-defined]
+    graph = onnx.load(str(graph_path))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    info = read_onnx_info(graph_path)
+    assert info.precision == "int8" and info.config == read_onnx_info(tiny_onnx).config
+    # the quantized file runs on its own, as an int8 graph
+    again = Segmenter.from_onnx(graph_path, num_threads=1, threshold=0.0, cache_dir=tmp_path)
+    assert again.backend.precision == "int8" and again.backend.onnx_path == graph_path  # type: ignore[attr-defined]
+    fp32 = OnnxRuntimeBackend(tiny_onnx, num_threads=1, cpu_provider="cpu")
+    frames = calibration_frames(3, seed=4242)
+    for feed in calibration_batches(frames, info.tokenizer, info.config.image_size, info.config.max_tokens, 1):
+        want = fp32(feed["images"], feed["input_ids"], feed["attention_mask"]).logits.ravel()
+        got = seg.backend(feed["images"], feed["input_ids"], feed["attention_mask"]).logits.ravel()
+        assert np.corrcoef(want, got)[0, 1] > 0.9
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        Segmenter.from_onnx(tiny_onnx, precision="int8", device="cuda")
+
+
+def _symbolic_batch_graph(path):
+    """A stand-in CoupAlign graph with a symbolic batch: logits = the first image channel."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8]),
+              helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 4]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", 4])]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", 1), ("a", 1))]
+    node = helper.make_node("Slice", ["images", "s", "e", "a"], ["logits"])
+    graph = helper.make_graph([node], "g", inputs, [out], initializer=consts)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    return path
+
+
+def test_a_symbolic_batch_runs_any_batch_in_one_call(tmp_path):
+    backend = OnnxRuntimeBackend(_symbolic_batch_graph(tmp_path / "dyn.onnx"), num_threads=1, cpu_provider="cpu")
+    assert backend.batch_size is None and backend.image_size == 8 and backend.max_tokens == 4
+    assert "batch any" in backend.describe()
+    for batch in (1, 3):
+        images = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+        ids = np.zeros((batch, 4), np.int64)
+        out = backend(images, ids, ids)
+        np.testing.assert_array_equal(out.logits, images[:, :1])
+
+
+def test_dynamic_batch_needs_the_dynamo_exporter(tiny, tmp_path):
+    from coupalign_core.inference import SegmenterOptions
+
+    with pytest.raises(ValueError, match="dynamic_batch needs exporter 'dynamo'"):
+        SegmenterOptions(dynamic_batch=True, exporter="legacy")
+    model, tok = tiny
+    with pytest.raises(ValueError, match="a dynamic batch needs the dynamo exporter"):
+        export_onnx(model, tok, tmp_path / "x.onnx", exporter="legacy", dynamic_batch=True)
+
+
+@pytest.mark.slow
+def test_dynamic_batch_export_matches_torch_at_every_batch(tiny, tmp_path):
+    from coupalign_core.inference import Segmenter
+
+    model, tok = tiny
+    path = export_onnx(model, tok, tmp_path / "dyn.onnx", dynamic_batch=True, verify=False)
+    assert read_onnx_info(path).batch_size is None
+    backend = OnnxRuntimeBackend(path, num_threads=1, cpu_provider="cpu")
+    assert backend.batch_size is None
+    for batch in (1, 3):
+        inputs = example_inputs(model.config, tok, batch, seed=batch)
+        got = backend(*(t.numpy() for t in inputs))
+        want = torch_outputs(model, *inputs)
+        assert got.logits.shape == (batch, 1, model.config.image_size, model.config.image_size)
+        assert np.abs(got.logits - want[0]).max() <= 1e-4
+    seg = Segmenter(model, tok, backend="onnxruntime", device="cpu", dynamic_batch=True, num_threads=1,
+                    threshold=0.0, cache_dir=tmp_path)
+    assert seg.backend.batch_size is None
+    results = seg.batch([np.zeros((30, 40, 3), np.uint8)] * 3, ["the cup", "a box", "the ball"])
+    assert len(results) == 3

@@ -245,13 +245,33 @@ def test_auto_backend_errors_say_what_is_missing():
         choose_backend("tpu", "fp32", CPU_ONLY)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only choice")
-def test_auto_on_this_machine_logs_its_choice(model_and_tokenizer, caplog, onnx_cache):
+def test_auto_on_the_cpu_is_chosen_by_a_probe_and_cached(model_and_tokenizer, caplog, onnx_cache):
     model, tok = model_and_tokenizer
-    with caplog.at_level(logging.INFO, logger="coupalign_core.inference.segmenter"):
-        s = Segmenter(model, tok, backend="auto", device="cpu", cache_dir=onnx_cache)
-    assert s.backend.name == "onnxruntime"
-    assert any("backend='auto' chose onnxruntime on cpu" in r.getMessage() for r in caplog.records)
+    threads = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="coupalign_core.inference"):
+            # one thread: three candidates (torch, onnxruntime's kernels, OpenVINO's), a short probe
+            s = Segmenter(model, tok, backend="auto", device="cpu", num_threads=1, cache_dir=onnx_cache)
+        probe = s.probe
+        assert probe is not None and probe.cached_at is not None
+        names = {c.backend for c in probe.timings}
+        assert {"torch", "onnxruntime"} <= names and probe.choice in probe.timings
+        assert s.backend.name == probe.choice.backend
+        if probe.choice.backend == "onnxruntime":
+            assert s.backend.num_threads == probe.choice.num_threads  # type: ignore[attr-defined]
+        else:
+            assert torch.get_num_threads() == probe.choice.num_threads
+        assert f"backend='auto' chose {probe.choice.name}" in caplog.text
+        assert f"| {probe.choice.name} |" in probe.table() and "**chosen**" in probe.table()
+        # the second Segmenter reads the choice from the cache: no probe runs
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="coupalign_core.inference"):
+            again = Segmenter(model, tok, backend="auto", device="cpu", num_threads=1, cache_dir=onnx_cache)
+        assert again.probe is not None and again.probe.choice == probe.choice
+        assert "probing" not in caplog.text and f"(probed {probe.date}" in caplog.text
+        assert again(np.zeros((48, 64, 3), np.uint8), "the cup").mask.shape == (48, 64)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---- onnxruntime backend ---------------------------------------------------------------------------
@@ -305,6 +325,8 @@ def test_bad_options_raise(model_and_tokenizer):
     with pytest.raises(ValueError, match="backend must be one of"):
         Segmenter(model, tok, backend="tflite")
     with pytest.raises(ValueError, match="precision must be one of"):
+        Segmenter(model, tok, backend="torch", precision="int4")
+    with pytest.raises(ValueError, match="precision int8 runs on backend 'onnxruntime' on the CPU"):
         Segmenter(model, tok, backend="torch", precision="int8")
     with pytest.raises(ValueError, match="threshold must be in"):
         Segmenter(model, tok, backend="torch", threshold=1.5)
@@ -331,7 +353,7 @@ def test_torch_cuda_matches_cpu(model_and_tokenizer, seg, precision):
     [
         ("backend", "tflite", "backend must be one of"),
         ("device", "tpu", "device must be one of"),
-        ("precision", "int8", "precision must be one of"),
+        ("precision", "int4", "precision must be one of"),
         ("threshold", 1.5, "threshold must be in [0, 1]"),
         ("threshold", float("nan"), "threshold must be in [0, 1]"),
         ("threshold", "0.5", "threshold must be a number"),

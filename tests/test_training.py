@@ -305,6 +305,32 @@ def test_mixed_precision_steps_learn(data_root, tmp_path, amp):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+def test_auto_amp_and_threads_are_decided_here_logged_and_stored(data_root, tmp_path, caplog):
+    from coupalign_core.machine import choose_amp, choose_num_threads
+
+    config = TrainingConfig.from_dict(tiny_config(data_root, amp="auto", num_threads="auto", max_steps=1,
+                                                  eval_every=0, overlay_samples=0))
+    assert (config.train.amp, config.train.num_threads) == ("auto", "auto")
+    with caplog.at_level("INFO", logger="coupalign_core.training.trainer"):
+        trainer = Trainer(config, tmp_path)
+    amp, amp_reason = choose_amp("cpu")
+    assert trainer.runtime["amp"] == amp and trainer.amp_dtype == (torch.bfloat16 if amp == "bf16" else None)
+    assert f"train.amp=auto: {amp} ({amp_reason})" in caplog.text
+    threads = trainer.runtime["num_threads"]
+    assert 1 <= threads <= choose_num_threads(load_1min=0.0)[0] and torch.get_num_threads() == threads
+    assert f"train.num_threads=auto: {threads} (" in caplog.text and "1-min load" in caplog.text
+    trainer.fit()
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert state["runtime"]["amp"] == amp and state["runtime"]["num_threads"] == threads
+    assert state["train_config"]["train"]["amp"] == "auto"  # the config keeps the intent
+
+
+def test_bad_num_threads_is_refused(data_root):
+    for bad in (0, "two", True, 1.5):
+        with pytest.raises(ValueError, match="train.num_threads must be an integer >= 1, 'auto' or null"):
+            TrainingConfig.from_dict(tiny_config(data_root, num_threads=bad))
+
+
 # ---- (d) atomic checkpoints ------------------------------------------------------------------------------
 class ExplodesWhilePickled:
     def __reduce__(self):
@@ -398,6 +424,9 @@ def test_every_shipped_config_resolves_through_its_base_chain():
     table = loaded["tabletop_stage1.yaml"]
     assert (table.data.dataset, table.model.image_size) == ("tabletop", 128)
     assert table.train.init_from == "models/coupalign-synthetic.safetensors"
+    # the recorded stages keep the precision and threads they ran with; new configs let the machine decide
+    assert (table.train.amp, table.train.num_threads) == ("auto", "auto")
+    assert (loaded["synthetic_cpu.yaml"].train.amp, loaded["synthetic_cpu.yaml"].train.num_threads) == ("auto", "auto")
     # a null in the child overrides its base: stage 3 (GPU) drops stage 2's one CPU thread, stage 4 restores it
     assert [loaded[f"synthetic_shipped_{s}.yaml"].train.num_threads for s in ("stage2", "stage3_gpu", "stage4")] \
         == [1, None, 1]

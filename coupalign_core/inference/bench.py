@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -19,6 +18,9 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from tqdm import tqdm
+
+# The machine record moved to coupalign_core.machine; importable here for callers of the old place.
+from ..machine import machine_info as machine_info
 
 STAGES = ("preprocess", "inference", "postprocess", "total")
 DEFAULT_TEXT = "the red cup on the left of the table"
@@ -85,46 +87,6 @@ def peak_memory_mb(device: str) -> dict[str, float]:
         hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
     out["peak_rss_mb"] = float(hwm)
     return out
-
-
-# ---- machine -------------------------------------------------------------------------------------
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers depend on: CPU, usable cores, load, GPU, library versions."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 1
-    info: dict[str, Any] = {
-        "cpu": cpu_model_name(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 # ---- runs ----------------------------------------------------------------------------------------

@@ -2,16 +2,26 @@
 
 The exported graph (see ``graph.py``) has inputs ``images`` (B,3,S,S) float32, ``input_ids`` and
 ``attention_mask`` (B,T) int64, and outputs ``logits`` (B,1,S,S) and, with a presence head,
-``presence_logits`` (B,). Shapes are fixed: TensorRT fuses static shapes best, and the legacy
-exporter bakes attention reshapes so dynamic axes would fail at run time anyway.
+``presence_logits`` (B,). Shapes are fixed by default: TensorRT fuses static shapes best, and the
+legacy exporter bakes attention reshapes so dynamic axes would fail at run time there. With
+``dynamic_batch`` (dynamo exporter only) B is a symbolic ``batch`` dimension, so onnxruntime runs
+any batch in one call (several cameras at once) instead of chunks of a fixed one.
 
 An ``.onnx`` file alone is enough to run the Segmenter: its ``metadata_props`` carry
 
     coupalign.format      "coupalign-onnx/1"
     coupalign.config      the CoupAlignConfig as JSON
     coupalign.tokenizer   the tokenizer state (vocabulary in id order, casing) as JSON
-    coupalign.batch_size, coupalign.opset, coupalign.exporter, coupalign.precision,
+    coupalign.batch_size ("dynamic" for a symbolic batch), coupalign.opset, coupalign.exporter, coupalign.precision,
     coupalign.source_sha256 (hash of the weights it came from), coupalign.torch_version
+
+A graph over protobuf's 2 GB limit is written with its weights in ``<name>.onnx.data`` beside it
+(ONNX external data, :func:`save_onnx`); onnxruntime and ``onnx.load`` find that file by itself.
+
+Exporting a large model (the paper preset) takes minutes and several GB of memory, so the
+Segmenter never does it on first use: ``coupalign export`` does it once, with a progress bar and a
+size and memory note, and the Segmenter refuses a large model whose export is not cached
+(:class:`ExportRequiredError`, docs/inference.md).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -38,6 +48,15 @@ from .options import DEFAULT_OPSET, EXPORTERS
 log = logging.getLogger(__name__)
 
 FORMAT = "coupalign-onnx/1"
+DYNAMIC = "dynamic"  # coupalign.batch_size of a graph with a symbolic batch dimension
+# Models at least this large are exported only when asked (``coupalign export``), never on the spot.
+LARGE_EXPORT_PARAMETERS = 100_000_000
+# Protobuf refuses messages over 2 GiB; above this size the weights go to an external data file.
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
+
+
+class ExportRequiredError(RuntimeError):
+    """A large model has no cached ONNX export, and exporting it on first use is refused."""
 # Sentences for the example inputs: short ones, so the export traces the padded path (the graph
 # is static, but the verification below then exercises attention masks with zeros).
 _EXAMPLE_SENTENCES = ("the cup on the left", "a small red box next to the green ball", "dog", "the man")
@@ -49,7 +68,7 @@ class OnnxModelInfo:
 
     config: Any  # CoupAlignConfig
     tokenizer: Any  # TextTokenizer
-    batch_size: int
+    batch_size: Optional[int]  # None: a dynamic batch
     opset: int
     exporter: str
     precision: str
@@ -69,7 +88,7 @@ class OnnxModelInfo:
         return cls(
             config=CoupAlignConfig.from_dict(json.loads(props["coupalign.config"])),
             tokenizer=TextTokenizer.from_state(json.loads(props["coupalign.tokenizer"])),
-            batch_size=int(props["coupalign.batch_size"]),
+            batch_size=None if props["coupalign.batch_size"] == DYNAMIC else int(props["coupalign.batch_size"]),
             opset=int(props.get("coupalign.opset", DEFAULT_OPSET)),
             exporter=props.get("coupalign.exporter", "unknown"),
             precision=props.get("coupalign.precision", "fp32"),
@@ -125,13 +144,15 @@ def _quiet_exporter():
 
 
 def _export_proto(graph: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, exporter: str,
-                  names: tuple[str, ...]) -> Any:
+                  names: tuple[str, ...], dynamic_batch: bool = False) -> Any:
     import onnx
 
     if exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        dynamic_shapes = tuple({0: batch} for _ in INPUT_NAMES) if dynamic_batch else None
         with _quiet_exporter():
             program = torch.onnx.export(
-                graph, inputs, dynamo=True, opset_version=opset,
+                graph, inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
                 input_names=list(INPUT_NAMES), output_names=list(names), optimize=True, verbose=False,
             )
         if program is None:  # only the legacy path returns None
@@ -148,6 +169,83 @@ def _export_proto(graph: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int
     return onnx.load_from_string(buf.getvalue())
 
 
+def save_onnx(proto: Any, path: str | os.PathLike, external_data: Optional[bool] = None) -> Path:
+    """Write ``proto`` to ``path`` atomically; the weights go to ``<name>.data`` beside it when
+    ``external_data`` (None: when the graph is over protobuf's 2 GB limit, ``EXTERNAL_DATA_BYTES``).
+
+    With external data ``proto`` is changed in place (its tensors then point to the file)."""
+    import shutil
+    import tempfile
+
+    import onnx
+
+    path = Path(path)
+    if external_data is None:
+        external_data = proto.ByteSize() >= EXTERNAL_DATA_BYTES
+    if not external_data:
+        return atomic_write_bytes(path, proto.SerializeToString())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_name = path.name + ".data"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:  # both files under their final names in a temp folder, then moved: the data file first
+        onnx.save_model(proto, str(tmp / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        os.replace(tmp / data_name, path.parent / data_name)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def onnx_files(path: str | os.PathLike) -> list[Path]:
+    """The graph file and the external data files it names (the files a copy or a hash needs)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    files = [path]
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in _graph_tensors(model.graph):
+        if uses_external_data(tensor):
+            data = path.parent / ExternalDataInfo(tensor).location
+            if data not in files:
+                files.append(data)
+    return files
+
+
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def sha256_onnx(path: str | os.PathLike) -> str:
+    """Hash of a graph with its external data files (a plain ``.onnx``: the hash of the file)."""
+    files = onnx_files(path)
+    if len(files) == 1:
+        return sha256_file(path)
+    return key_digest({f.name: sha256_file(f) for f in files})
+
+
+def is_large(model: nn.Module) -> bool:
+    return sum(p.numel() for p in model.parameters()) >= LARGE_EXPORT_PARAMETERS
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
 def export_onnx(
     model: CoupAlign,
     tokenizer,
@@ -158,6 +256,9 @@ def export_onnx(
     exporter: str = "dynamo",
     verify: bool = True,
     source_sha256: Optional[str] = None,
+    progress: bool = False,
+    external_data: Optional[bool] = None,
+    dynamic_batch: bool = False,
 ) -> Path:
     """Export ``model`` to ``out_path`` with fixed shapes (batch_size × S² images, T tokens).
 
@@ -165,9 +266,13 @@ def export_onnx(
     optimizer: a graph with fewer nodes than the legacy exporter's that runs faster in onnxruntime
     (docs/inference.md); ``"legacy"`` is the TorchScript exporter (faster to
     export, kept as a fallback). The ONNX checker runs on the result; with ``verify`` the graph
-    is run in onnxruntime and compared with torch (max-abs difference logged).
+    is run in onnxruntime and compared with torch (max-abs difference logged). ``progress`` shows
+    the stages as a progress bar (the export itself is one step of minutes for a large model);
+    ``external_data`` as in :func:`save_onnx`. ``dynamic_batch``: a symbolic batch dimension
+    (dynamo exporter; traced with a batch of at least 2, which a dynamic batch needs).
     """
     import onnx
+    from tqdm.auto import tqdm
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -175,21 +280,28 @@ def export_onnx(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
+    if dynamic_batch and exporter != "dynamo":
+        raise ValueError("a dynamic batch needs the dynamo exporter: the legacy one bakes the attention reshapes")
     out_path = Path(out_path)
     config = model.config
     model = _on_cpu(model)
     graph = InferenceGraph(model).eval()
     names = output_names(graph.has_presence_head)
-    inputs = example_inputs(config, tokenizer, batch_size)
-    log.info("exporting %s to ONNX (opset %d, batch %d, %s exporter)", type(model).__name__, opset, batch_size,
-             exporter)
-    proto = _export_proto(graph, inputs, opset, exporter, names)
+    inputs = example_inputs(config, tokenizer, max(batch_size, 2) if dynamic_batch else batch_size)
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("exporting %s (%.1f M parameters) to ONNX (opset %d, batch %d, %s exporter): a file of about "
+             "%.0f MB; the export holds several copies of the weights in memory (docs/inference.md)",
+             type(model).__name__, parameters / 1e6, opset, batch_size, exporter, parameters * 4 / 1e6)
+    stages = ["export (torch.onnx)", "check", "write"] + (["verify (onnxruntime vs torch)"] if verify else [])
+    bar = tqdm(total=len(stages), desc=stages[0], unit="stage", disable=not progress, dynamic_ncols=True)
+    proto = _export_proto(graph, inputs, opset, exporter, names, dynamic_batch)
+    bar.update()
 
     props = {
         "coupalign.format": FORMAT,
         "coupalign.config": json.dumps(config.to_dict()),
         "coupalign.tokenizer": json.dumps(tokenizer.to_state()),
-        "coupalign.batch_size": str(batch_size),
+        "coupalign.batch_size": DYNAMIC if dynamic_batch else str(batch_size),
         "coupalign.opset": str(opset),
         "coupalign.exporter": exporter,
         "coupalign.precision": "fp32",
@@ -200,13 +312,26 @@ def export_onnx(
     for k, v in props.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     proto.producer_name = "coupalign"
-    onnx.checker.check_model(proto)
-    atomic_write_bytes(out_path, proto.SerializeToString())
-    log.info("wrote %s (%.1f MB)", out_path, out_path.stat().st_size / 1e6)
+    bar.set_description(stages[1])
+    external = proto.ByteSize() >= EXTERNAL_DATA_BYTES if external_data is None else external_data
+    if not external:
+        onnx.checker.check_model(proto)  # a graph over 2 GB is checked from its file below
+    bar.update()
+    bar.set_description(stages[2])
+    save_onnx(proto, out_path, external_data=external)
+    if external:
+        onnx.checker.check_model(str(out_path))
+    bar.update()
+    size_mb = sum(f.stat().st_size for f in onnx_files(out_path)) / 1e6
+    log.info("wrote %s (%.1f MB%s); peak memory of this process so far %.0f MB", out_path, size_mb,
+             ", weights in " + out_path.name + ".data" if external else "", peak_rss_mb())
     if verify:
+        bar.set_description(stages[3])
         diff = verify_onnx(model, tokenizer, out_path, inputs)
         level = logging.INFO if diff <= 1e-4 else logging.WARNING
         log.log(level, "onnxruntime vs torch on the example inputs: max-abs difference %.2e", diff)
+        bar.update()
+    bar.close()
     return out_path
 
 
@@ -238,24 +363,37 @@ def cached_onnx(
     exporter: str = "dynamo",
     cache_dir: Optional[str | os.PathLike] = None,
     source_sha256: Optional[str] = None,
+    refuse_large: bool = False,
+    progress: bool = False,
+    dynamic_batch: bool = False,
 ) -> Path:
     """The exported ONNX of ``model``, exporting into ``cache_dir/onnx`` only on a cache miss.
 
     The key covers the weights' hash, the tokenizer, batch, opset, exporter and torch version,
-    so a changed model or exporter never reuses a stale file.
+    so a changed model or exporter never reuses a stale file. ``refuse_large`` (the Segmenter's
+    first use): a miss for a model of ``LARGE_EXPORT_PARAMETERS`` or more raises
+    :class:`ExportRequiredError` instead of exporting for minutes.
     """
     sha = source_sha256 or model_sha256(model)
     key = key_digest(
-        {"weights": sha, "tokenizer": tokenizer.to_state(), "batch": batch_size, "opset": opset,
-         "exporter": exporter, "torch": torch.__version__, "format": FORMAT}
+        {"weights": sha, "tokenizer": tokenizer.to_state(), "batch": DYNAMIC if dynamic_batch else batch_size,
+         "opset": opset, "exporter": exporter, "torch": torch.__version__, "format": FORMAT}
     )
-    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"coupalign-b{batch_size}-{key[:20]}.onnx"
+    batch = "dyn" if dynamic_batch else str(batch_size)
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"coupalign-b{batch}-{key[:20]}.onnx"
     if path.is_file():
         log.info("using cached ONNX export %s", path)
         return path
+    if refuse_large and is_large(model):
+        raise ExportRequiredError(
+            f"this model has {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters: its ONNX export "
+            "takes minutes and several GB of memory, so it is not made on first use. Export it once with "
+            "`coupalign export --checkpoint CHECKPOINT --format onnx --out model.onnx` and load model.onnx, "
+            "or use backend='torch'"
+        )
     return export_onnx(
         model, tokenizer, path, batch_size=batch_size, opset=opset, exporter=exporter, verify=False,
-        source_sha256=sha,
+        source_sha256=sha, progress=progress, dynamic_batch=dynamic_batch,
     )
 
 
@@ -273,14 +411,13 @@ def cached_low_precision_onnx(
     onnx_path = Path(onnx_path)
     if precision == "fp32":
         return onnx_path
-    key = key_digest({"source": sha256_file(onnx_path), "precision": precision, "format": FORMAT})
+    key = key_digest({"source": sha256_onnx(onnx_path), "precision": precision, "format": FORMAT})
     path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{onnx_path.stem}-{precision}-{key[:12]}.onnx"
     if path.is_file():
         return path
     log.info("converting %s to %s (LayerNorm/softmax kept in fp32)", onnx_path.name, precision)
     converted = convert_float_precision(onnx.load(str(onnx_path)), precision)
-    atomic_write_bytes(path, converted.SerializeToString())
-    return path
+    return save_onnx(converted, path)
 
 
 def cached_onnxruntime_fused_onnx(onnx_path: str | os.PathLike, cache_dir: Optional[str | os.PathLike] = None) -> Path:
@@ -297,7 +434,7 @@ def cached_onnxruntime_fused_onnx(onnx_path: str | os.PathLike, cache_dir: Optio
     from onnxruntime.transformers.optimizer import optimize_model
 
     onnx_path = Path(onnx_path)
-    key = key_digest({"source": sha256_file(onnx_path), "fusions": "gelu+layernorm", "format": FORMAT})
+    key = key_digest({"source": sha256_onnx(onnx_path), "fusions": "gelu+layernorm", "format": FORMAT})
     path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{onnx_path.stem}-ortfused-{key[:12]}.onnx"
     if path.is_file():
         return path
@@ -312,5 +449,4 @@ def cached_onnxruntime_fused_onnx(onnx_path: str | os.PathLike, cache_dir: Optio
     counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
     log.info("onnxruntime fusions for %s: %s", onnx_path.name, counts or "none")
     model: onnx.ModelProto = fused.model
-    atomic_write_bytes(path, model.SerializeToString())
-    return path
+    return save_onnx(model, path)

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # int8: onnxruntime on the CPU only (inference/quantize.py)
 CPU_PROVIDERS = ("auto", "openvino", "cpu")  # onnxruntime on the CPU
 PRECISION_MODES = ("autocast", "cast")  # torch fp16/bf16
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
@@ -82,7 +82,10 @@ class SegmenterOptions:
     Args:
         backend (`str`, *optional*, defaults to `"auto"`):
             `"torch"`, `"onnxruntime"`, `"tensorrt"`, or `"auto"`: TensorRT, then onnxruntime
-            CUDA, then torch CUDA, then onnxruntime CPU; the choice and its reason are logged.
+            CUDA, then torch CUDA; on the CPU in fp32 a short timed probe of torch eager and
+            onnxruntime (its own kernels and OpenVINO's, 1 thread and all usable cores) on first
+            use, cached per machine, model and library versions (`inference/probe.py`). The
+            choice and its reason are logged.
         device (`str`, *optional*):
             `"cpu"` or `"cuda"`; None uses the GPU when the backend can use one here.
         precision (`str`, *optional*):
@@ -97,7 +100,9 @@ class SegmenterOptions:
             Clear the mask (and box) when the object is not found, so a robot never acts on the
             mask of an object the model says is absent. False keeps it, for inspection.
         num_threads (`int`, *optional*):
-            onnxruntime intra-op threads; None uses the cores this process may run on.
+            onnxruntime intra-op threads, or torch's on the CPU (process-wide); None: onnxruntime
+            uses the cores this process may run on and torch keeps its setting, except that
+            `backend="auto"` on the CPU lets its probe choose between 1 and all usable cores.
         cpu_provider (`str`, *optional*, defaults to `"auto"`):
             onnxruntime's provider on the CPU: `"openvino"` (Intel's kernels), `"cpu"`
             (onnxruntime's own) or `"auto"` (OpenVINO when installed).
@@ -111,6 +116,9 @@ class SegmenterOptions:
         batch_size (`int`, *optional*, defaults to 1):
             The fixed batch of an exported graph (onnxruntime, TensorRT); `Segmenter.batch` runs
             chunks of it. The torch backend runs any batch.
+        dynamic_batch (`bool`, *optional*, defaults to `False`):
+            onnxruntime: export the graph with a symbolic batch, so `Segmenter.batch` runs all its
+            frames in one call (several cameras); `batch_size` is then unused. Not for TensorRT.
         opset (`int`, *optional*, defaults to `DEFAULT_OPSET`):
             ONNX opset of the on-the-fly export of a checkpoint.
         exporter (`str`, *optional*, defaults to `"dynamo"`):
@@ -137,6 +145,7 @@ class SegmenterOptions:
     compile_mode: Optional[str] = None
     precision_mode: str = "autocast"
     batch_size: int = 1
+    dynamic_batch: bool = False
     opset: int = DEFAULT_OPSET
     exporter: str = "dynamo"
     cache_dir: Optional[str | os.PathLike[str]] = None
@@ -156,6 +165,9 @@ class SegmenterOptions:
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
         _check_choice("precision_mode", self.precision_mode, PRECISION_MODES)
         self._set("batch_size", _check_positive_int("batch_size", self.batch_size))
+        _check_bool("dynamic_batch", self.dynamic_batch)
+        if self.dynamic_batch and self.exporter != "dynamo":
+            raise ValueError("dynamic_batch needs exporter 'dynamo' (the legacy exporter bakes the attention reshapes)")
         self._set("opset", _check_positive_int("opset", self.opset))
         _check_choice("exporter", self.exporter, EXPORTERS)
         if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):

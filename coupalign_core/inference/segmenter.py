@@ -60,6 +60,7 @@ from .export import (
 from .grounding_vocabulary import GroundingGate, gate_for_checkpoint
 from .inputs import check_rgb_image
 from .options import SegmenterOptions, check_threshold, resolve_options
+from .probe import ProbeOutcome, ProbeResult, probe_cpu
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Segmenter:
     backend: InferenceBackend
     tokenizer: TextTokenizer
     config: CoupAlignConfig
+    probe: Optional[ProbeResult]  # backend="auto" on the CPU: what the probe measured and chose
 
     def __init__(
         self,
@@ -156,18 +158,26 @@ class Segmenter:
         precision = options.precision or "fp32"
         name, device = _resolve(options.backend, options.device, precision, allow_torch=True)
         impl: InferenceBackend
+        if _probes(options, name, device, precision):
+            outcome = probe_cpu(options, model=model, tokenizer=tokenizer)
+            impl = _chosen_backend(outcome, options, model=model, tokenizer=tokenizer)
+            self._setup(impl, tokenizer, model.config, options, outcome.result)
+            return
         if name == "torch":
             from .backends.torch_backend import TorchBackend
 
             impl = TorchBackend(
                 model, device=device, precision=precision, precision_mode=options.precision_mode,
                 compile=options.compile, compile_mode=options.compile_mode,
+                num_threads=options.num_threads if device == "cpu" else None,
             )
         elif name == "onnxruntime":
             impl = _onnxruntime_backend(_export(model, tokenizer, options), device, precision, options)
         else:
             from .backends.tensorrt_backend import TensorRTBackend, require_tensorrt_and_cuda
 
+            if options.dynamic_batch:
+                raise ValueError("dynamic_batch is for onnxruntime; a TensorRT engine is built for a fixed batch_size")
             require_tensorrt_and_cuda()  # before the export, which takes a while
             impl = TensorRTBackend(
                 _export(model, tokenizer, options), precision=precision, cache_dir=options.cache_dir,
@@ -259,6 +269,12 @@ class Segmenter:
         if name == "tensorrt" and info.precision != "fp32":
             raise ValueError(f"the tensorrt backend builds from the fp32 export; {path} is {info.precision}")
         impl: InferenceBackend
+        if _probes(options, name, device, precision) and info.precision == "fp32":
+            outcome = probe_cpu(options, onnx_path=path)
+            impl = _chosen_backend(outcome, options, onnx_path=path)
+            seg = cls.__new__(cls)
+            seg._setup(impl, info.tokenizer, info.config, options, outcome.result)
+            return seg
         if name == "onnxruntime":
             # a graph exported in fp16 is run as it is; an fp32 one gets its backend copy
             impl = _onnxruntime_backend(path, device, precision, options, prepared=info.precision != "fp32")
@@ -306,7 +322,7 @@ class Segmenter:
         return cls._wrap(impl, info.tokenizer, info.config, options)
 
     def _setup(self, backend: InferenceBackend, tokenizer: TextTokenizer, config: CoupAlignConfig,
-               options: SegmenterOptions) -> None:
+               options: SegmenterOptions, probe: Optional[ProbeResult] = None) -> None:
         if backend.image_size != config.image_size or backend.max_tokens != config.max_tokens:
             raise ValueError(
                 f"the backend's graph is {backend.image_size}² with {backend.max_tokens} tokens but the "
@@ -319,6 +335,7 @@ class Segmenter:
         self._mask_logit = _logit(options.mask_threshold)
         # None: no gate (a model with no known vocabulary); from_checkpoint sets the checkpoint's
         self.grounding_gate: Optional[GroundingGate] = None
+        self.probe = probe
         log.info("Segmenter ready: %s", backend.describe())
 
     # ---- options and the decision they own ------------------------------------------------------
@@ -464,9 +481,14 @@ class Segmenter:
 
 
 def _export(model: CoupAlign, tokenizer: TextTokenizer, options: SegmenterOptions) -> Path:
-    """The (cached) fp32 ONNX export of ``model`` that the onnxruntime and TensorRT backends run."""
+    """The (cached) fp32 ONNX export of ``model`` that the onnxruntime and TensorRT backends run.
+
+    A large model (the paper preset) with no cached export raises ``ExportRequiredError`` naming
+    ``coupalign export``: a robot's node must not stall for minutes, or be killed for memory, on
+    its first frame."""
     return cached_onnx(model, tokenizer, batch_size=options.batch_size, opset=options.opset,
-                       exporter=options.exporter, cache_dir=options.cache_dir, source_sha256=options.model_sha256)
+                       exporter=options.exporter, cache_dir=options.cache_dir, source_sha256=options.model_sha256,
+                       refuse_large=True, dynamic_batch=options.dynamic_batch)
 
 
 def _onnxruntime_backend(onnx_path: str | os.PathLike[str], device: str, precision: str, options: SegmenterOptions,
@@ -495,8 +517,12 @@ def _onnxruntime_provider(device: str, precision: str, cpu_provider: str) -> str
 def _onnxruntime_graph(onnx_path: str | os.PathLike[str], precision: str, provider: str,
                        cache_dir: Optional[str | os.PathLike[str]]) -> Path:
     """The graph the onnxruntime backend runs: the portable export for OpenVINO (standard ONNX
-    only), the copy with onnxruntime's contrib-op fusions for its own CPU and CUDA kernels, or
-    the fp16 copy."""
+    only), the copy with onnxruntime's contrib-op fusions for its own CPU and CUDA kernels, the
+    fp16 copy, or the INT8 (QDQ) one calibrated on the synthetic world."""
+    if precision == "int8":
+        from .quantize import cached_int8_onnx
+
+        return cached_int8_onnx(onnx_path, cache_dir)
     if precision != "fp32":
         return cached_low_precision_onnx(onnx_path, precision, cache_dir)
     if provider in ("cpu", "cuda"):
@@ -504,14 +530,53 @@ def _onnxruntime_graph(onnx_path: str | os.PathLike[str], precision: str, provid
     return Path(onnx_path)
 
 
+def _probes(options: SegmenterOptions, name: str, device: str, precision: str) -> bool:
+    """Whether ``backend="auto"`` is decided by the timed probe: on the CPU in fp32 (the GPU keeps
+    ``choose_backend``'s order; other precisions on the CPU run under torch)."""
+    return options.backend == "auto" and device == "cpu" and precision == "fp32" and name == "onnxruntime"
+
+
+def _chosen_backend(outcome: ProbeOutcome, options: SegmenterOptions, model: Optional[CoupAlign] = None,
+                    tokenizer: Optional[TextTokenizer] = None,
+                    onnx_path: Optional[str | os.PathLike[str]] = None) -> InferenceBackend:
+    """The probe's choice: the backend it built, or (a cached choice) built now."""
+    choice = outcome.result.choice
+    if choice.backend == "torch":
+        from .backends.torch_backend import TorchBackend, set_torch_threads
+
+        if outcome.backend is not None:
+            set_torch_threads(choice.num_threads)
+            return outcome.backend
+        assert model is not None  # torch is a candidate only with the model
+        return TorchBackend(model, device="cpu", precision="fp32", num_threads=choice.num_threads)
+    if outcome.backend is not None:
+        return outcome.backend
+    opts = options.replace(cpu_provider=choice.cpu_provider, num_threads=choice.num_threads)
+    if onnx_path is not None:
+        return _onnxruntime_backend(onnx_path, "cpu", "fp32", opts)
+    assert model is not None and tokenizer is not None
+    return _onnxruntime_backend(_export(model, tokenizer, opts), "cpu", "fp32", opts)
+
+
 def _resolve(backend: str, device: Optional[str], precision: str, allow_torch: bool) -> tuple[str, str]:
-    """Backend name and device; ``auto`` asks ``choose_backend`` and logs its reason."""
+    """Backend name and device; ``auto`` asks ``choose_backend`` and logs its reason (on the CPU in
+    fp32 the probe then decides among the CPU backends, see ``probe.py``)."""
+    if precision == "int8":
+        if backend not in ("auto", "onnxruntime"):
+            raise ValueError(f"precision int8 runs on backend 'onnxruntime' on the CPU (a quantized graph, "
+                             f"inference/quantize.py); backend {backend!r} runs fp32, fp16 or bf16")
+        if device not in (None, "cpu"):
+            raise ValueError(f"precision int8 runs on the CPU only, got device {device!r}")
+        if backend == "auto":
+            log.info("backend='auto' chose onnxruntime on cpu: int8 runs on onnxruntime's CPU kernels")
+        return "onnxruntime", "cpu"
     if backend == "onnxruntime" and precision == "bf16":
         others = "'torch' or 'tensorrt'" if allow_torch else "'tensorrt'"
         raise ValueError(f"the onnxruntime backend runs fp32 or fp16 graphs; use backend {others} for bf16")
     if backend == "auto":
         name, device, reason = choose_backend(device, precision, probe_environment(), allow_torch=allow_torch)
-        log.info("backend='auto' chose %s on %s: %s", name, device, reason)
+        if not (device == "cpu" and precision == "fp32" and name == "onnxruntime"):
+            log.info("backend='auto' chose %s on %s: %s", name, device, reason)
         return name, device
     if backend == "tensorrt":
         if device not in (None, "cuda"):

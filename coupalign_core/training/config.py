@@ -43,7 +43,8 @@ import yaml
 
 from ..model.configuration import CoupAlignConfig
 
-AmpMode = Literal["none", "bf16", "fp16"]
+AmpMode = Literal["none", "bf16", "fp16", "auto"]
+AMP_MODES = ("none", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -176,10 +177,14 @@ class OptimConfig:
     global_batch_size: Optional[int] = None
     grad_accum: int = 1
     clip_grad_norm: Optional[float] = None
-    amp: AmpMode = "none"  # autocast dtype (fp16 adds a GradScaler); meant for GPUs, see the trainer
+    # Autocast dtype (fp16 adds a GradScaler). "auto": bf16 where the hardware has BF16 units (a CPU
+    # with AVX-512 BF16/AMX/Arm BF16, a GPU that supports it), else none (coupalign_core.machine).
+    amp: AmpMode = "none"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    num_threads: Optional[int] = None  # torch intra-op threads on the CPU
+    # torch intra-op threads on the CPU; None: torch's default; "auto": the usable cores that the
+    # 1-min load leaves free, at least 1 (coupalign_core.machine.choose_num_threads).
+    num_threads: Optional[int | Literal["auto"]] = None
     eval_every: Interval = field(default_factory=lambda: Interval(1, "epoch"))
     checkpoint_every: Interval = field(default_factory=lambda: Interval(1000))
     log_every: int = 20
@@ -212,8 +217,12 @@ class OptimConfig:
         self.checkpoint_every = Interval.parse(self.checkpoint_every, "checkpoint_every")
         if self.optimizer.lower() != "adamw":
             raise ValueError(f"train.optimizer: only 'adamw' (the paper's) is supported, got {self.optimizer!r}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"train.amp must be one of none, bf16, fp16; got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"train.amp must be one of {', '.join(AMP_MODES)}; got {self.amp!r}")
+        threads = self.num_threads
+        if threads is not None and threads != "auto" and (
+                isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"train.num_threads must be an integer >= 1, 'auto' or null; got {threads!r}")
         if self.lr <= 0 or self.end_lr < 0 or self.end_lr > self.lr:
             raise ValueError(f"train.lr must be > 0 and 0 <= end_lr <= lr; got lr={self.lr}, end_lr={self.end_lr}")
         if self.epochs is None and self.max_steps is None and self.max_minutes is None:

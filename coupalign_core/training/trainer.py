@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from ..checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from ..data import collate
 from ..inference.grounding_vocabulary import GroundingVocabulary, training_vocabulary, vocabulary_from_checkpoint
+from ..machine import CpuInfo, choose_amp, choose_num_threads, read_cpu_info
 from .config import TrainingConfig
 from .distributed import (
     DistContext,
@@ -105,6 +106,29 @@ def preserved_rng() -> Iterator[None]:
 
 
 # ---- the trainer ------------------------------------------------------------------------------------
+def resolve_runtime(amp: str, num_threads: Optional[int | str], device_type: str,
+                    cpu: Optional[CpuInfo] = None, load_1min: Optional[float] = None,
+                    processes: Optional[int] = None) -> dict[str, Any]:
+    """``train.amp`` and ``train.num_threads`` as this run uses them: ``auto`` decided from the
+    hardware (``coupalign_core.machine``), with the reason. ``cpu``/``load_1min``/``processes``
+    stand in for what is detected (tests); ``processes`` defaults to torchrun's LOCAL_WORLD_SIZE."""
+    if amp == "auto":
+        amp, amp_reason = choose_amp(device_type, cpu)
+    else:
+        amp_reason = "as configured"
+    threads: Optional[int]
+    if num_threads == "auto":
+        if device_type == "cuda":
+            threads, threads_reason = None, "a GPU run: torch's default"
+        else:
+            local = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            threads, threads_reason = choose_num_threads(load_1min=load_1min, processes=local)
+    else:
+        threads = int(num_threads) if num_threads else None
+        threads_reason = "as configured" if threads else "torch's default"
+    return {"amp": amp, "amp_reason": amp_reason, "num_threads": threads, "num_threads_reason": threads_reason}
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -156,10 +180,17 @@ class Trainer:
         self._stop_reason: Optional[str] = None
         self._signals_seen = 0
 
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
         self.device = self.ctx.device
-        self.amp_dtype = self._amp_dtype(cfg.amp)
+        # What train.amp / train.num_threads resolve to here, and why: logged, and stored in the
+        # checkpoint (the config keeps "auto", the choice of this machine at this start).
+        self.runtime = resolve_runtime(cfg.amp, cfg.num_threads, self.device.type)
+        if self.runtime["num_threads"] is not None:
+            torch.set_num_threads(self.runtime["num_threads"])
+        if self.ctx.is_main:
+            for name in ("amp", "num_threads"):
+                log.info("train.%s=%s: %s (%s)", name, getattr(cfg, name), self.runtime[name],
+                         self.runtime[f"{name}_reason"])
+        self.amp_dtype = self._amp_dtype(self.runtime["amp"])
 
         # Same initial weights on every rank (DDP broadcasts rank 0's anyway), then per-rank streams.
         seed_everything(cfg.seed)
@@ -232,9 +263,10 @@ class Trainer:
         which only pays off on CPUs with bf16/fp16 matrix units."""
         if amp == "none":
             return None
-        if self.device.type != "cuda" and self.ctx.is_main:
+        if self.device.type != "cuda" and self.ctx.is_main and not (amp == "bf16" and read_cpu_info().has_bf16):
             log.warning("train.amp=%s on %s: CPU autocast is slower than float32 unless the CPU has "
-                        "bf16/fp16 matrix units (set train.amp=none otherwise)", amp, self.device)
+                        "%s matrix units, which this one lacks (train.amp=auto chooses from the CPU)",
+                        amp, self.device, amp)
         return torch.bfloat16 if amp == "bf16" else torch.float16
 
     def _init_weights_from(self, path: str | os.PathLike) -> None:
@@ -344,6 +376,7 @@ class Trainer:
             val_metrics=self.last_val,
             elapsed_s=self.elapsed(),
             world_size=self.ctx.world_size,
+            runtime=dict(self.runtime),
             global_batch_size=self.global_batch,
             train_config=self.config.to_dict(),
             grounding_vocabulary=self.grounding_vocabulary.to_state(),
@@ -473,7 +506,7 @@ class Trainer:
                 self.global_batch, self.batch_size, self.ctx.world_size, cfg.grad_accum,
                 self.steps_per_epoch,
                 f"{self.total_steps} steps" if self.total_steps else "no step limit",
-                cfg.lr, cfg.end_lr, self.decay_steps, self.device, cfg.amp,
+                cfg.lr, cfg.end_lr, self.decay_steps, self.device, self.runtime["amp"],
             )
             print(f"global batch size: {self.global_batch} (= {self.batch_size} per process x "
                   f"{self.ctx.world_size} processes x {cfg.grad_accum} accumulation steps)", flush=True)

@@ -48,6 +48,11 @@ def choose_backend(
     check_precision(precision)
     if device not in (None, *DEVICES):
         raise ValueError(f"device must be one of {DEVICES} or None, got {device!r}")
+    if precision == "int8":
+        if device == "cuda" or "CPUExecutionProvider" not in env.ort_providers:
+            raise RuntimeError("precision int8 runs on onnxruntime's CPU kernels only: use device='cpu' "
+                               f"with onnxruntime installed (providers here: {list(env.ort_providers)})")
+        return "onnxruntime", "cpu", "int8 runs on onnxruntime's CPU kernels"
     if device == "cuda" and not env.has_cuda:
         raise RuntimeError(
             "device='cuda' was asked for but torch sees no CUDA GPU; install a CUDA build of torch "

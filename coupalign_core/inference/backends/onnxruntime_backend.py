@@ -56,10 +56,9 @@ def resolve_cpu_provider(choice: str = "auto") -> str:
 
 def default_num_threads() -> int:
     """Cores this process may use: ORT's own default counts every core of the machine."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    from ...machine import usable_cores
+
+    return usable_cores()
 
 
 class OnnxRuntimeBackend(InferenceBackend):
@@ -166,9 +165,11 @@ class OnnxRuntimeBackend(InferenceBackend):
         if missing:
             raise ValueError(f"{self.onnx_path} is not a CoupAlign graph: it lacks the inputs {missing}")
         shape = inputs["images"].shape
-        if not all(isinstance(d, int) for d in shape):
-            raise ValueError(f"{self.onnx_path} has a dynamic images shape {shape}; export with fixed shapes")
-        self.batch_size, _, self.image_size, _ = (int(d) for d in shape)
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise ValueError(f"{self.onnx_path} has images of shape {shape}; only the batch may be dynamic")
+        # a symbolic batch ("batch"): any batch runs in one call
+        self.batch_size = int(shape[0]) if isinstance(shape[0], int) else None
+        self.image_size = int(shape[2])
         self.max_tokens = int(inputs["input_ids"].shape[1])
         outputs = [o.name for o in self.session.get_outputs()]
         if LOGITS not in outputs:
@@ -184,7 +185,8 @@ class OnnxRuntimeBackend(InferenceBackend):
     def describe(self) -> str:
         spin = "spinning" if self.allow_spinning else "no spinning"
         return (
-            f"onnxruntime {self.session.get_providers()[0]}, {self.precision}, batch {self.batch_size}, "
+            f"onnxruntime {self.session.get_providers()[0]}, {self.precision}, "
+            f"batch {'any' if self.batch_size is None else self.batch_size}, "
             f"{self.num_threads} threads, {spin}"
         )
 

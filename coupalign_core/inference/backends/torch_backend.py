@@ -29,6 +29,14 @@ def cuda_required_error(what: str) -> RuntimeError:
     )
 
 
+def set_torch_threads(num_threads: int) -> None:
+    """torch's intra-op threads, for the whole process (torch has no per-model setting): logged,
+    because it changes every other torch user in the process too."""
+    if torch.get_num_threads() != num_threads:
+        log.info("torch.set_num_threads(%d) (was %d): process-wide", num_threads, torch.get_num_threads())
+        torch.set_num_threads(num_threads)
+
+
 class TorchBackend(InferenceBackend):
     """Runs the model itself.
 
@@ -37,7 +45,8 @@ class TorchBackend(InferenceBackend):
     (``"cast"``: a half-precision copy of the model, every op in half precision, fewer casts,
     faster at batch 1 on a GPU). The fp32 model itself is moved to ``device`` (like ``.to``).
     ``compile=True`` wraps the graph in ``torch.compile(mode=compile_mode)``; the first call
-    then compiles (tens of seconds to minutes).
+    then compiles (tens of seconds to minutes). ``num_threads`` on the CPU sets torch's
+    intra-op threads, which are process-wide (:func:`set_torch_threads`); None leaves them.
     """
 
     name = "torch"
@@ -50,8 +59,12 @@ class TorchBackend(InferenceBackend):
         precision_mode: str = "autocast",
         compile: bool = False,
         compile_mode: Optional[str] = None,
+        num_threads: Optional[int] = None,
     ):
         self.precision = check_precision(precision)
+        if precision not in _DTYPES:
+            raise ValueError(f"the torch backend runs {', '.join(_DTYPES)}; {precision} runs on backend "
+                             "'onnxruntime' on the CPU")
         if precision_mode not in PRECISION_MODES:
             raise ValueError(f"precision_mode must be one of {PRECISION_MODES}, got {precision_mode!r}")
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -60,6 +73,8 @@ class TorchBackend(InferenceBackend):
             raise cuda_required_error("the torch backend on device='cuda'")
         self.device = device
         self._torch_device = torch.device(device)
+        if num_threads is not None and device == "cpu":
+            set_torch_threads(num_threads)
         self.precision_mode = precision_mode
         self.image_size = int(model.config.image_size)
         self.max_tokens = int(model.config.max_tokens)
@@ -82,7 +97,8 @@ class TorchBackend(InferenceBackend):
     def describe(self) -> str:
         mode = f" ({self.precision_mode})" if self.precision != "fp32" else ""
         compiled = ", torch.compile" if self.compiled else ", eager"
-        return f"torch on {self.device}, {self.precision}{mode}{compiled}"
+        threads = f", {torch.get_num_threads()} threads" if self.device == "cpu" else ""
+        return f"torch on {self.device}, {self.precision}{mode}{compiled}{threads}"
 
     def _autocast(self):
         if self.precision == "fp32" or self.precision_mode == "cast":
