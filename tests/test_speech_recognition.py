@@ -113,3 +113,27 @@ def test_options_are_checked():
         RecognizerOptions(mode="whisper")
     with pytest.raises(ValueError, match="min_confidence"):
         RecognizerOptions(min_confidence=2.0)
+
+
+@needs_espeak
+def test_the_front_end_turns_a_stream_into_one_command_per_utterance(transcriber):
+    from coupalign_core.speech.frontend import SpeechFrontEnd
+
+    heard = []
+    rate = 22050
+    front = SpeechFrontEnd(transcriber, lambda text, t: heard.append(text), rate=rate)
+    pause = np.zeros(rate, np.float32)
+    stream = np.concatenate([pause, synthesize(SENTENCES[0], rate=rate), pause,
+                             0.05 * np.random.default_rng(0).normal(size=rate // 2).astype(np.float32),  # a noise burst
+                             pause, synthesize(SENTENCES[2], rate=rate), pause])
+    front.start()
+    try:
+        for i in range(0, stream.size, 2205):  # 100 ms chunks, as a driver sends them
+            front.push(stream[i:i + 2205])
+        front.flush()
+    finally:
+        front.stop(drain=True)
+    snap = front.stats.snapshot()
+    assert heard == [SENTENCES[0], SENTENCES[2]]
+    assert snap["commands"] == 2 and snap["utterances"] == 2 + sum(snap["rejects"].values())
+    assert snap["latency_ms_p50"] > 0
