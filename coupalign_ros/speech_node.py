@@ -252,7 +252,7 @@ class CoupAlignSpeechNode(LifecycleNode):
         if msg.sample_format and msg.sample_format != "S16LE":
             self.get_logger().error(f"audio format {msg.sample_format!r} is not supported (S16LE only)")
             return
-        if msg.coding_format and msg.coding_format not in ("wave", "raw", "pcm"):
+        if msg.coding_format and msg.coding_format.lower() not in ("wave", "wav", "raw", "pcm"):
             self.get_logger().error(f"audio coding {msg.coding_format!r} is not supported (raw PCM: wave)")
             return
         self._channels = max(1, int(msg.channels))
