@@ -27,3 +27,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! /usr/bin/python3 -c 
   { apt-get install -y -q python3-rosidl python3-empy || { apt-get update -q && apt-get install -y -q python3-rosidl python3-empy; }; } >/dev/null \
     || echo "setup.sh: could not install python3-rosidl; the rosidl test will skip" >&2
 fi
+# espeak-ng (test and measurement speech: tests/test_speech_recognition.py, scripts/speech_eval.py,
+# make-bag --speech) and sox (recording and converting WAV by hand). Needs root; the tests that
+# speak skip without espeak-ng.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! { command -v espeak-ng >/dev/null && command -v sox >/dev/null; }; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q espeak-ng sox || { apt-get update -q && apt-get install -y -q espeak-ng sox; }; } >/dev/null \
+    || echo "setup.sh: could not install espeak-ng and sox; the speech tests that need them will skip" >&2
+fi

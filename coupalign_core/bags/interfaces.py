@@ -70,4 +70,7 @@ def make_typestore(distro: str = "jazzy") -> Typestore:
     types.update(get_types_from_msg(request, "coupalign_ros/srv/Segment_Request"))
     types.update(get_types_from_msg(response, "coupalign_ros/srv/Segment_Response"))
     typestore.register(types)
+    from .speech import register_audio_types  # the audio capture drivers' messages (speech bags)
+
+    register_audio_types(typestore)
     return typestore

@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-warmup", action="store_true",
                         help="time the first frame too (by default it is segmented once untimed first)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--speech", action="store_true",
+                        help="a speech bag (make-bag --speech): recognise its audio, then replay the frames "
+                             "commanded by the recognised and by the typed text; WER, sentence accuracy, both metrics")
+    parser.add_argument("--audio-topic", default="/audio/audio_stamped", help="(--speech)")
+    parser.add_argument("--reference-topic", default="/coupalign/command_reference", help="(--speech)")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -124,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_overlays < 1:
         raise ValueError(f"--max-overlays must be >= 1, got {args.max_overlays}")
+    if args.speech:
+        return run_speech(args)
     # Everything that can be refused is refused before the model loads.
     check_new_output(args.out, "output bag", overwrite=args.overwrite, bag=True)
     check_new_output(args.json_out, "--json file", overwrite=args.overwrite)
@@ -154,3 +161,31 @@ def run(args: argparse.Namespace) -> int:
     if args.overlays and report.get("overlays"):
         log.info("contact sheet %s", report["overlays"])
     return 0 if report["processed"] else 1
+
+
+def run_speech(args: argparse.Namespace) -> int:
+    from coupalign_core.bags import check_new_output
+    from coupalign_core.bags.speech import replay_speech_bag
+    from coupalign_core.inference import Segmenter
+    from coupalign_core.speech import Transcriber
+
+    for flag in ("out", "overlays"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag} is not written with --speech (only --json)")
+    check_new_output(args.json_out, "--json file", overwrite=args.overwrite)
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device,
+                                          precision=args.precision, threshold=args.threshold)
+    result = replay_speech_bag(args.bag, segmenter, Transcriber(), distro=args.distro, audio_topic=args.audio_topic,
+                               reference_topic=args.reference_topic, image_topic=args.image_topic,
+                               gt_topic=args.gt_topic, progress=not args.no_progress)
+    report = result.to_dict()
+    s = result.scores
+    if "wer" in s:
+        print(f"speech {args.bag}: {result.to_dict()['utterances']} utterances, WER {s['wer']:.2f} %, "
+              f"sentences right {s['sentence_accuracy']:.2f} % (n={s['sentences']})")
+    for name, rep in (("from speech", result.speech_report), ("from text", result.text_report)):
+        if rep:
+            print(f"{name}: " + format_report(rep).replace("\n", "\n  "))
+    if args.json_out:
+        write_json(report, Path(args.json_out))
+    return 0 if result.speech_report.get("processed") else 1

@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "latency benchmark of an inference backend"),
     "make-bag": ("make_bag", "turn a refer-layout split into a ROS 2 bag"),
     "bag-eval": ("bag_eval", "replay a ROS 2 bag through the pipeline and score it"),
+    "transcribe": ("transcribe", "turn a spoken command (WAV) into its text, offline"),
 }
 
 

@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera-info-topic", default=CAMERA_INFO_TOPIC)
     parser.add_argument("--depth-info-topic", default=DEPTH_INFO_TOPIC)
     parser.add_argument("--gt-point-topic", default=GT_POINT_TOPIC)
+    parser.add_argument("--speech", action="store_true",
+                        help="record the commands as speech (espeak-ng) on --audio-topic as "
+                             "audio_common_msgs/AudioDataStamped, the typed text on --reference-topic")
+    parser.add_argument("--voices", nargs="+", default=None, help="espeak-ng voices, used in turn (--speech)")
+    parser.add_argument("--speeds", nargs="+", type=int, default=None, help="words per minute, in turn (--speech)")
+    parser.add_argument("--audio-topic", default="/audio/audio_stamped")
+    parser.add_argument("--reference-topic", default="/coupalign/command_reference")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +90,19 @@ def run(args: argparse.Namespace) -> int:
     total = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     with_depth = any("depth_file" in record for record in dataset.images.values())
     image_topic = args.image_topic or (COLOR_TOPIC if with_depth else IMAGE_TOPIC)
+    if args.speech:
+        from coupalign_core.bags.speech import write_speech_bag
+        from coupalign_core.speech.synthesis import DEFAULT_SPEEDS, DEFAULT_VOICES
+
+        summary = write_speech_bag(refer_items(dataset, args.limit), args.out, voices=args.voices or DEFAULT_VOICES,
+                                   speeds=args.speeds or DEFAULT_SPEEDS, storage=args.storage, distro=args.distro,
+                                   encoding=args.encoding, image_topic=image_topic, audio_topic=args.audio_topic,
+                                   reference_topic=args.reference_topic, gt_topic=args.gt_topic,
+                                   overwrite=args.overwrite, total=total)
+        log.info("wrote %d spoken commands (%.1f s of speech) to %s", summary["commands"], summary["speech_s"],
+                 args.out)
+        print(json.dumps(summary, indent=2))
+        return 0
     summary = write_bag(refer_items(dataset, args.limit), args.out, storage=args.storage, distro=args.distro,
                         encoding=args.encoding, image_topic=image_topic, command_topic=args.command_topic,
                         gt_topic=args.gt_topic, depth_topic=args.depth_topic,
