@@ -37,6 +37,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -133,7 +134,12 @@ class CoupAlignSpeechNode(LifecycleNode):
         self._error = ""
         self._front = SpeechFrontEnd(self._transcriber, self._publish_command, rate=int(values["sample_rate"]),
                                      on_reject=self._report)
-        self._pubs["command"] = self.create_lifecycle_publisher(String, values["command_topic"], qos)
+        # The segmentation node also subscribes transient-local (for latched commands), which a volatile
+        # publisher cannot serve by design; its volatile subscription receives the commands, so that
+        # event is only logged at debug level.
+        self._pubs["command"] = self.create_lifecycle_publisher(
+            String, values["command_topic"], qos,
+            event_callbacks=PublisherEventCallbacks(incompatible_qos=self._on_incompatible_command_subscription))
         self._pubs["transcript"] = self.create_lifecycle_publisher(String, "~/transcript", 10)
         vetoed = sorted(self._transcriber.vetoed)
         self.get_logger().info(
@@ -143,6 +149,10 @@ class CoupAlignSpeechNode(LifecycleNode):
             + (f"; words the grammar cannot use: {', '.join(vetoed)}" if vetoed else ""))
         self._lifecycle = "inactive"
         return TransitionCallbackReturn.SUCCESS
+
+    def _on_incompatible_command_subscription(self, info: Any) -> None:
+        self.get_logger().debug("a command subscription asks for transient-local durability, which this volatile "
+                                "publisher cannot serve; subscriptions with volatile durability receive the commands")
 
     def _build_transcriber(self, values: dict[str, Any]) -> Transcriber:
         options = RecognizerOptions(
