@@ -202,28 +202,30 @@ def made_images(make: Callable[[int], MadeImage], num_images: int, workers: int)
         yield pool.imap(make, range(num_images), chunksize=16)  # in index order: ids stay sequential
 
 
-def _check_arguments(num_images: int, width: int, height: int, workers: int, no_target_fraction: float) -> None:
+def check_world_arguments(num_images: int, width: int, height: int, workers: int, no_target_fraction: float,
+                          min_size: tuple[int, int] = (64, 48)) -> None:
+    """The checks every generated world (2D shapes, tabletop) makes of its common arguments."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if width < 64 or height < 48:
-        raise ValueError(f"image_size {width}x{height} is too small: objects need at least 64x48")
+    if width < min_size[0] or height < min_size[1]:
+        raise ValueError(f"image_size {width}x{height} is too small: objects need at least {min_size[0]}x{min_size[1]}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not 0.0 <= no_target_fraction < 1.0:
         raise ValueError(f"no_target_fraction must be in [0, 1), got {no_target_fraction}")
 
 
-def _prepare_output(out_root: Path, overwrite: bool) -> Path:
-    """Refuses (or, with ``overwrite``, clears) an existing benchmark; returns the image folder."""
-    image_dir = out_root / DEFAULT_IMAGE_DIRS[DATASET]
-    old_images = sorted(image_dir.glob("synth_*.png")) if image_dir.is_dir() else []
-    files = refer_files(out_root, DATASET, SPLIT_BY)
+def prepare_world_output(out_root: Path, dataset: str, patterns: tuple[str, ...], what: str,
+                         overwrite: bool) -> Path:
+    """Refuses (or, with ``overwrite``, clears) an existing world of ``dataset`` under ``out_root``: its
+    refer files and the images matching ``patterns`` in its image folder; returns the image folder."""
+    image_dir = out_root / DEFAULT_IMAGE_DIRS[dataset]
+    old_images = [p for pattern in patterns for p in sorted(image_dir.glob(pattern))] if image_dir.is_dir() else []
+    files = refer_files(out_root, dataset, SPLIT_BY)
     if (any(p.exists() for p in files) or old_images) and not overwrite:
-        raise ValueError(
-            f"{out_root} already holds a synthetic benchmark ({files[-1]}); "
-            "pass overwrite=True (--overwrite) to replace it"
-        )
-    remove_refer_files(out_root, DATASET, SPLIT_BY)
+        raise ValueError(f"{out_root} already holds {what} ({files[-1]}); "
+                         "pass overwrite=True (--overwrite) to replace it")
+    remove_refer_files(out_root, dataset, SPLIT_BY)
     for path in old_images:
         path.unlink(missing_ok=True)
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -269,10 +271,10 @@ def generate(
     their own, so the scenes and plain sentences do not change with them.
     """
     width, height = (int(v) for v in image_size)
-    _check_arguments(num_images, width, height, workers, no_target_fraction)
+    check_world_arguments(num_images, width, height, workers, no_target_fraction)
     language = LanguageAugmentation(phrasing_fraction=phrasing_fraction, ood_negative_fraction=ood_negative_fraction)
     out_root = Path(out_root)
-    image_dir = _prepare_output(out_root, overwrite)
+    image_dir = prepare_world_output(out_root, DATASET, ("synth_*.png",), "a synthetic benchmark", overwrite)
     make = functools.partial(_make_image, seed=seed, width=width, height=height, image_dir=str(image_dir),
                              extra_per_ref=no_target_fraction / (1.0 - no_target_fraction), language=language)
     world = RefWorld()

@@ -31,11 +31,20 @@ import numpy as np
 from tqdm import tqdm
 
 from ..language import LanguageAugmentation
-from ..refer import DEFAULT_IMAGE_DIRS, NO_TARGET_ANN_ID
-from ..refer_writer import mask_segmentation, refer_files, remove_refer_files, write_refer
+from ..refer import NO_TARGET_ANN_ID
+from ..refer_writer import mask_segmentation, write_refer
 from ..synthetic import expressions as ex
 from ..synthetic.vocabulary import augment_specs
-from ..synthetic.writer import REFS_PER_IMAGE, SENTENCES_PER_REF, SPLIT_PROFILES, MadeImage, RefWorld, made_images
+from ..synthetic.writer import (
+    REFS_PER_IMAGE,
+    SENTENCES_PER_REF,
+    SPLIT_PROFILES,
+    MadeImage,
+    RefWorld,
+    check_world_arguments,
+    made_images,
+    prepare_world_output,
+)
 from ..synthetic.writer import split_of as split_of
 from . import expressions as tx
 from .render import RENDERERS, Frame, process_renderer, projection_from_k, visible_objects
@@ -165,21 +174,6 @@ def _make_image(index: int, *, seed: int, width: int, height: int, image_dir: st
     return image, annotations, specs, stats
 
 
-def _prepare_output(out_root: Path, overwrite: bool) -> Path:
-    """Refuses (or, with ``overwrite``, clears) an existing tabletop world; returns the image folder."""
-    image_dir = out_root / DEFAULT_IMAGE_DIRS[DATASET]
-    old = [p for pattern in (f"{PREFIX}_*.png", f"depth/{PREFIX}_*") for p in sorted(image_dir.glob(pattern))]
-    files = refer_files(out_root, DATASET, SPLIT_BY)
-    if (any(p.exists() for p in files) or old) and not overwrite:
-        raise ValueError(f"{out_root} already holds a tabletop world ({files[-1]}); "
-                         "pass overwrite=True (--overwrite) to replace it")
-    remove_refer_files(out_root, DATASET, SPLIT_BY)
-    for path in old:
-        path.unlink(missing_ok=True)
-    (image_dir / "depth").mkdir(parents=True, exist_ok=True)
-    return image_dir
-
-
 def generate(
     out_root: str | os.PathLike[str],
     seed: int,
@@ -202,19 +196,14 @@ def generate(
     (also write the exact float depth as .npy).
     """
     width, height = (int(v) for v in image_size)
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if width < 32 or height < 24:
-        raise ValueError(f"image_size {width}x{height} is too small: at least 32x24")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if not 0.0 <= no_target_fraction < 1.0:
-        raise ValueError(f"no_target_fraction must be in [0, 1), got {no_target_fraction}")
+    check_world_arguments(num_images, width, height, workers, no_target_fraction, min_size=(32, 24))
     if renderer not in RENDERERS:
         raise ValueError(f"unknown renderer {renderer!r}; known: {RENDERERS}")
     language = LanguageAugmentation(phrasing_fraction=phrasing_fraction, ood_negative_fraction=ood_negative_fraction)
     out_root = Path(out_root)
-    image_dir = _prepare_output(out_root, overwrite)
+    image_dir = prepare_world_output(out_root, DATASET, (f"{PREFIX}_*.png", f"depth/{PREFIX}_*"),
+                                     "a tabletop world", overwrite)
+    (image_dir / "depth").mkdir(exist_ok=True)
     make = functools.partial(_make_image, seed=seed, width=width, height=height, image_dir=str(image_dir),
                              extra_per_ref=no_target_fraction / (1.0 - no_target_fraction), renderer=renderer,
                              float_depth=float_depth, language=language)
