@@ -39,14 +39,12 @@ import time
 from typing import Any, Callable, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
@@ -68,6 +66,7 @@ from coupalign_core.runtime.pipeline import AnyFrame, CommandBook, PendingFrame,
 from . import params as P
 from .images import ImageConverter
 from .msg import ReferringSegmentation
+from .spin import spin_node
 from .srv import Segment
 
 _PARAMETER_TYPES = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces/ParameterType
@@ -621,20 +620,7 @@ def _check_compressed(msg: CompressedImage) -> None:
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = CoupAlignNode()
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._stop_processing(free_model=True)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(CoupAlignNode, lambda node: node._stop_processing(free_model=True), num_threads=3, args=args)
 
 
 if __name__ == "__main__":

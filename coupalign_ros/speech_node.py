@@ -33,12 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.event_handler import PublisherEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -46,6 +44,8 @@ from std_msgs.msg import String
 from coupalign_core.speech import RecognizerOptions, Transcriber, Transcript
 from coupalign_core.speech.frontend import SpeechFrontEnd
 from coupalign_core.speech.vad import VadOptions
+
+from .spin import spin_node
 
 
 @dataclass(frozen=True)
@@ -316,20 +316,7 @@ class CoupAlignSpeechNode(LifecycleNode):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = CoupAlignSpeechNode()
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(CoupAlignSpeechNode, lambda node: node._stop(), num_threads=2, args=args)
 
 
 if __name__ == "__main__":
