@@ -38,14 +38,6 @@ def _build(config: CoupAlignConfig, seed: int = 0) -> CoupAlign:
     return CoupAlign(config).eval()
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    """The trainer sets torch's (process-wide) thread count from the config: undo it after each test."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return _build(CoupAlignConfig.preset("tiny"))

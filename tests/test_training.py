@@ -65,14 +65,6 @@ def write_refer_fixture(root: Path, num_images: int = 5, size: int = 64, seed: i
     return root
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    """The trainer sets torch's (process-wide) thread count from the config: undo it after each test."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return write_refer_fixture(tmp_path_factory.mktemp("refer"))  # 6 train refs, 4 val refs
